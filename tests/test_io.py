@@ -1,0 +1,67 @@
+"""Round trips of NIfTI and TIFF volumes in (x, y, z) order, and the spacing rule."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tifffile
+
+from weakseg_monai.data.io import read_volume, resolve_spacing, tiff_spacing, write_volume
+
+
+def _volume() -> np.ndarray:
+    return np.arange(7 * 5 * 3, dtype=np.uint16).reshape(7, 5, 3)  # (x, y, z), all sizes distinct
+
+
+def test_nifti_round_trip_keeps_xyz_and_header_spacing(tmp_path):
+    path = write_volume(tmp_path / "v.nii.gz", _volume(), (0.5, 0.25, 2.0))
+    back = read_volume(path)
+    assert back.shape == (7, 5, 3)
+    np.testing.assert_array_equal(back, _volume())
+    assert resolve_spacing(path) == (0.5, 0.25, 2.0)
+
+
+def test_tiff_is_stored_zyx_and_read_back_xyz(tmp_path):
+    path = write_volume(tmp_path / "v.tif", _volume(), (0.125, 0.25, 0.2))
+    stored = tifffile.imread(path)
+    assert stored.shape == (3, 5, 7)  # z, y, x on disk
+    np.testing.assert_array_equal(stored, _volume().transpose(2, 1, 0))
+    back = read_volume(path)  # MONAI's LoadImage turns it into (x, y, z) itself
+    np.testing.assert_array_equal(back, _volume())
+    assert resolve_spacing(path) == pytest.approx((0.125, 0.25, 0.2))
+
+
+def test_ome_tiff_spacing(tmp_path):
+    path = tmp_path / "v.ome.tif"
+    tifffile.imwrite(
+        path,
+        _volume().transpose(2, 1, 0),
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 1.5},
+    )
+    assert tiff_spacing(path) == pytest.approx((0.3, 0.4, 1.5))
+
+
+def test_spacing_rule_order_and_fallback_warning(tmp_path, caplog):
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, _volume().transpose(2, 1, 0), photometric="minisblack")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_spacing(bare) == (1.0, 1.0, 1.0)
+    assert "assuming 1 x 1 x 1" in caplog.text
+    nifti = write_volume(tmp_path / "v.nii.gz", _volume(), (0.5, 0.5, 2.0))
+    assert resolve_spacing(nifti, datalist_spacing=[0.1, 0.2, 0.3]) == (0.1, 0.2, 0.3)
+
+
+def test_read_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_volume(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(OSError, match="cannot be read"):
+        read_volume(bad)
+    with pytest.raises(ValueError, match="unsupported format"):
+        write_volume(tmp_path / "v.png", _volume())
+    with pytest.raises(ValueError, match="3D"):
+        write_volume(tmp_path / "v.nii.gz", np.zeros((4, 4)))

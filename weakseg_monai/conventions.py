@@ -1,0 +1,66 @@
+"""The project's axis, box and label conventions, written once and asserted at the edges.
+
+- Spatial order is **(x, y, z)**, z the coarse axis: the order MONAI's ``LoadImage`` returns for NIfTI and
+  for 3D TIFF alike (it turns a TIFF stored (z, y, x) around itself). Sizes, spacings, boxes and every
+  JSON field follow it. Tensors are channel-first ``(C, x, y, z)``; batches ``(N, C, x, y, z)``.
+- Boxes are half-open voxel boxes ``[x0, y0, z0, x1, y1, z1)``: voxel i spans [i, i+1), so ``x1`` is the
+  largest index + 1 (what ``monai.data.box_utils.convert_mask_to_box`` returns; MONAI ``StandardMode``).
+- Dataset ``label`` 0 is the first object class; inside the model the class index is ``label + 1`` and
+  0 is background.
+- Spacing is in µm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.data.box_utils import StandardMode
+
+SPATIAL_AXES = ("x", "y", "z")
+BOX_MODE = StandardMode
+BACKGROUND_CLASS = 0
+
+
+def label_to_class_index(label: int | np.ndarray) -> int | np.ndarray:
+    """Dataset label (0 = first object class) -> model class index (0 = background)."""
+    return label + 1
+
+
+def as_boxes(boxes: Sequence | np.ndarray, spatial_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Return ``boxes`` as a float ``(N, 6)`` array, asserting the box convention.
+
+    Raises ``ValueError`` for a wrong shape, a non-positive size or (with ``spatial_shape``) a box that
+    leaves the image ``[0, shape)``.
+    """
+    arr = np.asarray(boxes, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 6), dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 6:
+        raise ValueError(f"boxes must have shape (N, 6) as [x0, y0, z0, x1, y1, z1], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("boxes contain NaN or inf")
+    bad = np.nonzero((arr[:, 3:] <= arr[:, :3]).any(axis=1))[0]
+    if bad.size:
+        raise ValueError(f"boxes {bad.tolist()} have a non-positive size (need x0 < x1, y0 < y1, z0 < z1)")
+    if spatial_shape is not None:
+        shape = np.asarray(spatial_shape, dtype=np.float64)
+        out = np.nonzero((arr[:, :3] < 0).any(axis=1) | (arr[:, 3:] > shape).any(axis=1))[0]
+        if out.size:
+            raise ValueError(f"boxes {out.tolist()} leave the image of size (x, y, z) = {tuple(spatial_shape)}")
+    return arr
+
+
+def as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """Return a validated (x, y, z) spacing in µm: three finite positive numbers."""
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be three positive numbers (x, y, z) in µm, got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+def assert_volume_3d(array: np.ndarray, name: str = "volume") -> np.ndarray:
+    """Assert a spatial ``(x, y, z)`` array (no channel axis)."""
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3D (x, y, z) volume, got {array.ndim} dimensions {tuple(array.shape)}")
+    return array

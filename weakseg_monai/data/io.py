@@ -1,0 +1,132 @@
+"""Reading and writing 3D volumes in the project's (x, y, z) order, with their spacing in µm.
+
+Reading goes through MONAI's ``LoadImage`` (NIfTI and TIFF: it already returns a TIFF stored (z, y, x)
+as (x, y, z), so nothing here transposes on load). MONAI's TIFF path ignores ImageJ / OME physical
+sizes, so the spacing of a TIFF is read with ``tifffile``. Writers put TIFF back as (z, y, x) with
+ImageJ spacing, and NIfTI with a diagonal affine of the spacing (or a given affine).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import tifffile
+from monai.transforms import LoadImage
+
+from weakseg_monai.conventions import as_spacing, assert_volume_3d
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3}
+
+
+def is_tiff(path: str | Path) -> bool:
+    return str(path).lower().endswith(TIFF_SUFFIXES)
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_volume(path: str | Path) -> np.ndarray:
+    """Read a 3D volume as a numpy array in (x, y, z) order, keeping its stored dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not (is_tiff(path) or is_nifti(path)):
+        raise ValueError(f"{path}: unsupported format (use NIfTI .nii/.nii.gz or TIFF .tif/.tiff)")
+    try:
+        data = LoadImage(image_only=True, dtype=None)(str(path))
+    except Exception as err:  # MONAI wraps reader errors in several types
+        raise OSError(f"{path}: cannot be read ({err})") from err
+    return np.asarray(data)
+
+
+def tiff_spacing(path: str | Path) -> tuple[float, float, float] | None:
+    """(x, y, z) voxel size in µm from a TIFF's OME or ImageJ metadata, or None when it has none."""
+    with tifffile.TiffFile(str(path)) as tif:
+        if tif.ome_metadata:
+            sizes = {}
+            for axis in "XYZ":
+                match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
+                if match:
+                    sizes[axis] = float(match.group(1))
+            if len(sizes) == 3:
+                return as_spacing((sizes["X"], sizes["Y"], sizes["Z"]))
+        meta = tif.imagej_metadata
+        if meta and "spacing" in meta:
+            page = tif.pages.first
+            scale = _UM_PER_UNIT.get(str(meta.get("unit", "um")), 1.0)
+            try:
+                xres = page.tags["XResolution"].value
+                yres = page.tags["YResolution"].value
+                sx = xres[1] / xres[0]
+                sy = yres[1] / yres[0]
+                return as_spacing((sx * scale, sy * scale, float(meta["spacing"]) * scale))
+            except (KeyError, ZeroDivisionError, ValueError):
+                return None
+    return None
+
+
+def nifti_spacing(path: str | Path) -> tuple[float, float, float]:
+    """(x, y, z) voxel size from a NIfTI header (its ``pixdim``), taken as µm."""
+    zooms = nib.load(str(path)).header.get_zooms()[:3]
+    return as_spacing(zooms)
+
+
+def resolve_spacing(path: str | Path, datalist_spacing: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """The spacing rule: datalist ``spacing`` > NIfTI header > TIFF ImageJ/OME metadata > 1 µm with a warning."""
+    if datalist_spacing is not None:
+        return as_spacing(datalist_spacing)
+    if is_nifti(path):
+        return nifti_spacing(path)
+    if is_tiff(path):
+        found = tiff_spacing(path)
+        if found is not None:
+            return found
+    logger.warning("%s: no spacing in the datalist or the file; assuming 1 x 1 x 1 µm", path)
+    return (1.0, 1.0, 1.0)
+
+
+def write_volume(
+    path: str | Path,
+    array: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write an (x, y, z) array as NIfTI (affine = diag(spacing) unless given) or TIFF (stored z, y, x).
+
+    TIFF gets ImageJ metadata with the spacing in µm; label volumes are written as uint16 when they fit.
+    """
+    path = Path(path)
+    array = assert_volume_3d(np.asarray(array), str(path))
+    spacing = as_spacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_nifti(path):
+        if affine is None:
+            affine = np.diag([*spacing, 1.0])
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+    elif is_tiff(path):
+        if array.dtype.kind in "iub" and array.dtype != np.uint8:
+            if array.min() < 0 or array.max() > np.iinfo(np.uint16).max:
+                raise ValueError(f"{path}: integer values outside uint16 cannot be written as ImageJ TIFF")
+            array = array.astype(np.uint16)
+        elif array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        tifffile.imwrite(
+            str(path),
+            np.ascontiguousarray(array.transpose(2, 1, 0)),
+            imagej=True,
+            resolution=(1.0 / spacing[0], 1.0 / spacing[1]),
+            metadata={"spacing": spacing[2], "unit": "um", "axes": "ZYX"},
+        )
+    else:
+        raise ValueError(f"{path}: unsupported format (use .nii.gz or .tif)")
+    return path
