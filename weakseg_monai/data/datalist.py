@@ -87,7 +87,9 @@ def partial_mask_from_instances(instances: np.ndarray, annotated: np.ndarray) ->
 def dumps_json(data: object) -> str:
     """JSON with 4-space indent but every list of scalars on one line (one box per line)."""
     text = json.dumps(data, indent=4)
-    return re.sub(r"\[[^\[\]{}]*\]", lambda m: re.sub(r"\s+", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"), text)
+    return re.sub(
+        r"\[[^\[\]{}]*\]", lambda m: re.sub(r"\s+", " ", m.group(0)).replace("[ ", "[").replace(" ]", "]"), text
+    )
 
 
 def write_datalist(dataset_dir: str | Path, sections: dict[str, list[dict]]) -> Path:

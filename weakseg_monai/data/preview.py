@@ -38,11 +38,18 @@ def save_preview(
     image = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(image, [1, 99.8])
     fig, axes = plt.subplots(
-        2, 1, figsize=(6, 6 * (image.shape[1] * spacing[1] + image.shape[2] * spacing[2]) / (image.shape[0] * spacing[0]) + 0.6),
+        2,
+        1,
+        figsize=(
+            6,
+            6 * (image.shape[1] * spacing[1] + image.shape[2] * spacing[2]) / (image.shape[0] * spacing[0]) + 0.6,
+        ),
         gridspec_kw={"height_ratios": [image.shape[1] * spacing[1], image.shape[2] * spacing[2]]},
     )
-    for ax, axis, name, aspect in ((axes[0], 2, "xy (max over z)", spacing[1] / spacing[0]),
-                                   (axes[1], 1, "xz (max over y)", spacing[2] / spacing[0])):
+    for ax, axis, name, aspect in (
+        (axes[0], 2, "xy (max over z)", spacing[1] / spacing[0]),
+        (axes[1], 1, "xz (max over y)", spacing[2] / spacing[0]),
+    ):
         mip = image.max(axis=axis).T  # rows = second remaining axis, columns = x
         ax.imshow(mip, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin="lower", interpolation="nearest")
         if instances is not None:

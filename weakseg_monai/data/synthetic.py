@@ -148,9 +148,9 @@ def _render_labels(
         u = (p @ cell.rotation) / cell.semi_axes
         rho = np.linalg.norm(u, axis=-1)
         direction = u / np.maximum(rho, 1e-6)[..., None]
-        wobble = np.cos(
-            np.pi * cell.wobble_freq * (direction @ cell.wobble_dirs.T) + cell.wobble_phase
-        ) @ cell.wobble_amp
+        wobble = (
+            np.cos(np.pi * cell.wobble_freq * (direction @ cell.wobble_dirs.T) + cell.wobble_phase) @ cell.wobble_amp
+        )
         lev = (rho / (1.0 + wobble)).astype(np.float32)
         region = tuple(slice(a, b) for a, b in zip(lo, hi))
         sub_level = level[region]
@@ -263,7 +263,9 @@ def write_synthetic_dataset(
                 "gt_instances": f"labels/{name}_gt.{file_format}",
             }
             write_volume(out / paths["image"], image, spacing)
-            write_volume(out / paths["mask"], partial_mask_from_instances(instances, annotated).astype(np.uint16), spacing)
+            write_volume(
+                out / paths["mask"], partial_mask_from_instances(instances, annotated).astype(np.uint16), spacing
+            )
             write_volume(out / paths["gt_instances"], instances.astype(np.uint16), spacing)
             items.append(
                 {

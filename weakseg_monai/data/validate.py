@@ -73,7 +73,9 @@ def _check_label_volume(
     volume: np.ndarray, image_shape: tuple, where: str, name: str, path: str, problems: list[Problem]
 ) -> bool:
     if volume.shape != image_shape:
-        problems.append(Problem("error", where, name, f"shape {volume.shape} differs from the image {image_shape}", path))
+        problems.append(
+            Problem("error", where, name, f"shape {volume.shape} differs from the image {image_shape}", path)
+        )
         return False
     if volume.dtype.kind == "f" and not np.array_equal(volume, np.round(volume)):
         problems.append(Problem("error", where, name, "instance labels must be integers", path))
@@ -121,7 +123,9 @@ def _check_mask(
         sl = slices[k]
         if annotated[k] and sl is None:
             problems.append(
-                Problem("error", where, "mask_annotated", f"instance {k} is flagged but has no voxels (value {k + 1})", path)
+                Problem(
+                    "error", where, "mask_annotated", f"instance {k} is flagged but has no voxels (value {k + 1})", path
+                )
             )
         elif not annotated[k] and sl is not None:
             problems.append(
@@ -134,7 +138,9 @@ def _check_mask(
             if (lo < np.floor(b[:3])).any() or (hi > np.ceil(b[3:])).any():
                 problems.append(
                     Problem(
-                        "error", where, "mask",
+                        "error",
+                        where,
+                        "mask",
                         f"instance {k} has voxels in [{lo.tolist()}, {hi.tolist()}) outside its box {b.tolist()}",
                         path,
                     )
@@ -198,8 +204,13 @@ def check_item(item: dict, where: str = "item", read_volumes: bool = True) -> li
         if gt is not None and _check_label_volume(gt, shape, where, "gt_instances", item["gt_instances"], problems):
             if n is not None and int(gt.max()) > n:
                 problems.append(
-                    Problem("error", where, "gt_instances", f"value {int(gt.max())} has no box ({n} boxes)",
-                            item["gt_instances"])
+                    Problem(
+                        "error",
+                        where,
+                        "gt_instances",
+                        f"value {int(gt.max())} has no box ({n} boxes)",
+                        item["gt_instances"],
+                    )
                 )
     return problems
 
@@ -242,7 +253,9 @@ def validate_dataset(dataset: str | Path, read_volumes: bool = True) -> Validati
         if count > 1:
             report.add([Problem("error", "datalist", "id", f"id {name!r} is used by {count} items", str(path))])
     if data.get("training") and n_annotated == 0:
-        report.add([Problem("warning", "training", "mask_annotated", "zero annotated masks: the mask head cannot learn")])
+        report.add(
+            [Problem("warning", "training", "mask_annotated", "zero annotated masks: the mask head cannot learn")]
+        )
     return report
 
 
