@@ -1,0 +1,286 @@
+"""The whole model of Zhao et al. (MICCAI 2018) as one ``nn.Module``, in torchvision-detection style.
+
+``VoxResDetectorNet`` is the dense, TorchScript-friendly part (backbone + detection head: images in,
+tensors out) that a bundle exports and a sliding-window inferer runs. ``WeakInstanceSegNet`` wraps it
+with anchors, the paper's matching, L_box, the RoIAlign mask head with the partial-mask loss, and
+post-processing:
+
+- training: ``model(images, targets) -> {"loss_cls", "loss_box_reg", "loss_mask"}`` (L is their sum);
+- eval: ``model(images) -> [{"boxes", "scores", "labels", "instances"}, ...]`` one dict per image.
+
+Targets, one dict per image, spatial values (x, y, z), boxes StandardMode in voxels:
+``box (G, 6)``, ``label (G,)`` dataset labels (0 = first class), ``mask_annotated (G,)`` bool,
+``instances (X, Y, Z)`` label volume with value ``k + 1`` for the annotated instance ``k`` (other values
+are ignored), optional ``box_ignore (G,)`` bool for boxes a crop cut too much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.apps.detection.utils.box_coder import BoxCoder
+from monai.data.box_utils import clip_boxes_to_image
+from torch import Tensor, nn
+
+from weakseg_monai.losses.box_loss import box_loss
+from weakseg_monai.losses.partial_mask import partial_mask_loss, project_masks_on_boxes
+from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
+from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
+from weakseg_monai.networks.postprocess import paste_masks_in_volume, select_detections
+from weakseg_monai.utils.anchors import make_anchor_generator
+from weakseg_monai.utils.matching import match_anchors, sample_anchors
+
+DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.0))
+
+
+class VoxResDetectorNet(nn.Module):
+    """Backbone + detection head: ``(N, C, X, Y, Z)`` -> dict of tensors.
+
+    Keys: ``cls_logits (N, c·r, m, n, k)``, ``box_regression (N, 6·r, m, n, k)`` on the detection level,
+    ``fine`` and ``coarse`` feature maps for the mask head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        num_anchors: int = 3,
+        channels: Sequence[int] = (16, 32, 48, 64),
+        strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
+        blocks: Sequence[int] = (1, 1, 2, 2),
+        detection_level: int = 2,
+        fine_level: int = 1,
+        norm: str | tuple = ("group", {"num_groups": 8}),
+    ) -> None:
+        super().__init__()
+        self.backbone = VoxResBackbone(in_channels, channels, strides, blocks, norm)
+        self.detection_level = detection_level
+        self.fine_level = fine_level
+        self.head = DetectionHead3D(self.backbone.channels[detection_level], num_anchors, num_classes + 1, norm=norm)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        feats = self.backbone(images)
+        coarse = feats[self.detection_level]
+        cls_logits, box_regression = self.head(coarse)
+        return {
+            "cls_logits": cls_logits,
+            "box_regression": box_regression,
+            "fine": feats[self.fine_level],
+            "coarse": coarse,
+        }
+
+
+class WeakInstanceSegNet(nn.Module):
+    """Anchor-based 3D detector + RoIAlign mask head trained from boxes and partial masks.
+
+    Args:
+        num_classes: object classes (without background).
+        anchor_shapes: anchor sizes (x, y, z) in voxels at the working spacing (see
+            ``weakseg_monai.utils.anchors.anchor_shapes_from_boxes``); stored in the state dict.
+        channels, strides, blocks: backbone stages (see ``VoxResBackbone``).
+        roi_size, mask_channels: mask head (masks are ``2 * roi_size`` per axis).
+        positive_iou, negative_iou: anchor matching (paper: 0.4, no ignore band).
+        neg_pos_ratio, min_negatives, hard_negatives: anchor sampling for the log loss.
+        reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
+        mask_rois_per_image: at most this many annotated RoIs per image enter the mask loss.
+        score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        anchor_shapes: Sequence[Sequence[float]] = DEFAULT_ANCHOR_SHAPES,
+        channels: Sequence[int] = (16, 32, 48, 64),
+        strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
+        blocks: Sequence[int] = (1, 1, 2, 2),
+        norm: str | tuple = ("group", {"num_groups": 8}),
+        roi_size: int = 12,
+        mask_channels: int = 32,
+        positive_iou: float = 0.4,
+        negative_iou: float | None = None,
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 32,
+        hard_negatives: bool = True,
+        reg_weight: float = 1.0,
+        smooth_l1_beta: float = 1.0 / 9.0,
+        mask_rois_per_image: int = 32,
+        score_thresh: float = 0.5,
+        nms_thresh: float = 0.3,
+        topk_candidates: int = 1000,
+        detections_per_image: int = 300,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("anchor_shapes", torch.tensor([[float(v) for v in s] for s in anchor_shapes]))
+        make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
+        self.network = VoxResDetectorNet(
+            in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, norm=norm
+        )
+        cumulative = self.network.backbone.cumulative_strides()
+        self.fine_stride = cumulative[self.network.fine_level]
+        self.coarse_stride = cumulative[self.network.detection_level]
+        self.mask_head = MaskHead3D(
+            self.network.backbone.channels[self.network.fine_level],
+            self.network.backbone.channels[self.network.detection_level],
+            [1.0 / s for s in self.fine_stride],
+            [1.0 / s for s in self.coarse_stride],
+            roi_size=roi_size,
+            mask_channels=mask_channels,
+            norm=norm,
+        )
+        self.box_coder = BoxCoder(weights=(1.0,) * 6)
+        self.positive_iou = positive_iou
+        self.negative_iou = negative_iou
+        self.neg_pos_ratio = neg_pos_ratio
+        self.min_negatives = min_negatives
+        self.hard_negatives = hard_negatives
+        self.reg_weight = reg_weight
+        self.smooth_l1_beta = smooth_l1_beta
+        self.mask_rois_per_image = mask_rois_per_image
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.topk_candidates = topk_candidates
+        self.detections_per_image = detections_per_image
+        self.mask_threshold = mask_threshold
+
+    # ------------------------------------------------------------------ helpers
+    def size_divisor(self) -> tuple[int, int, int]:
+        return self.network.backbone.size_divisor()
+
+    def anchors(self, images: Tensor, level: Tensor) -> Tensor:
+        """``(A, 6)`` anchors of the detection level (same for every image of the batch)."""
+        generator = make_anchor_generator(self.anchor_shapes.tolist())
+        return generator(images[:1], [level[:1]])[0]
+
+    def dense_outputs(self, images: Tensor) -> dict[str, Tensor]:
+        check_divisible(images.shape[2:], self.size_divisor())
+        return self.network(images)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):
+        if images.ndim != 5:
+            raise ValueError(f"images must be (N, C, X, Y, Z), got {tuple(images.shape)}")
+        out = self.dense_outputs(images)
+        anchors = self.anchors(images, out["cls_logits"])
+        cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
+        box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
+        if self.training:
+            if targets is None or len(targets) != images.shape[0]:
+                raise ValueError("training needs one target dict per image")
+            return self.compute_losses(images, out, anchors, cls_logits, box_deltas, targets)
+        return self.postprocess(images, out, anchors, cls_logits, box_deltas)
+
+    def compute_losses(
+        self,
+        images: Tensor,
+        out: dict[str, Tensor],
+        anchors: Tensor,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        n, num_anchors = cls_logits.shape[:2]
+        spatial = images.shape[2:]
+        all_pos, all_neg, all_classes, all_deltas = [], [], [], []
+        roi_boxes, roi_batch, roi_ids, roi_weights = [], [], [], []
+        for i, target in enumerate(targets):
+            gt_boxes = target["box"].to(anchors)
+            gt_labels = target["label"].long().to(anchors.device)
+            annotated = target.get("mask_annotated", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool()
+            annotated = annotated.to(anchors.device)
+            matched = match_anchors(anchors, gt_boxes, target.get("box_ignore"), self.positive_iou, self.negative_iou)
+            neg_scores = None
+            if self.hard_negatives:
+                neg_scores = 1.0 - torch.softmax(cls_logits[i].detach().float(), dim=1)[:, 0]
+            pos, neg = sample_anchors(matched, neg_scores, self.neg_pos_ratio, self.min_negatives)
+            classes = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
+            classes[pos] = gt_labels[matched[pos]] + 1
+            all_pos.append(pos + i * num_anchors)
+            all_neg.append(neg + i * num_anchors)
+            all_classes.append(classes)
+            all_deltas.append(self.box_coder.encode_single(gt_boxes[matched[pos]], anchors[pos]))
+
+            # mask RoIs: positive proposals (detached) + the GT boxes, as Mask R-CNN; mask-weight = annotated
+            proposals = self.box_coder.decode_single(box_deltas[i, pos].detach().float(), anchors[pos])
+            proposals, _ = clip_boxes_to_image(proposals, spatial, remove_empty=False)
+            boxes = torch.cat([proposals, gt_boxes])
+            gt_index = torch.cat([matched[pos], torch.arange(len(gt_boxes), device=anchors.device)])
+            usable = ((boxes[:, 3:] - boxes[:, :3]) >= 1.0).all(dim=1) & annotated[gt_index]
+            chosen = torch.nonzero(usable).squeeze(1)
+            if chosen.numel() > self.mask_rois_per_image:
+                chosen = chosen[torch.randperm(chosen.numel(), device="cpu")[: self.mask_rois_per_image].to(chosen)]
+            if chosen.numel():
+                roi_boxes.append(boxes[chosen])
+                roi_batch.append(torch.full((chosen.numel(),), i, dtype=torch.long, device=anchors.device))
+                roi_ids.append(gt_index[chosen] + 1)
+                roi_weights.append(torch.ones(chosen.numel(), device=anchors.device))
+
+        loss_cls, loss_reg = box_loss(
+            cls_logits.reshape(-1, cls_logits.shape[-1]),
+            box_deltas.reshape(-1, 6),
+            torch.cat(all_classes),
+            torch.cat(all_deltas),
+            torch.cat(all_pos),
+            torch.cat(all_neg),
+            self.reg_weight,
+            self.smooth_l1_beta,
+        )
+        return {
+            "loss_cls": loss_cls,
+            "loss_box_reg": loss_reg,
+            "loss_mask": self._mask_loss(out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights),
+        }
+
+    def _mask_loss(self, out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights) -> Tensor:
+        if not roi_boxes:
+            # no annotated instance in the batch: one zero-weight RoI keeps the mask head in the graph
+            whole = torch.tensor([[0.0, 0.0, 0.0, 0.0, *[float(s) for s in images.shape[2:]]]], device=images.device)
+            logits = self.mask_head(out["fine"], out["coarse"], whole)
+            return partial_mask_loss(logits, torch.zeros_like(logits[:, 0]), torch.zeros(1, device=images.device))
+        boxes = torch.cat(roi_boxes)
+        batch = torch.cat(roi_batch)
+        ids = torch.cat(roi_ids)
+        rois = torch.cat([batch[:, None].to(boxes.dtype), boxes], dim=1)
+        logits = self.mask_head(out["fine"], out["coarse"], rois)
+        volumes = torch.stack([t["instances"].to(images.device) for t in targets])
+        mask_targets = project_masks_on_boxes(volumes, ids, boxes, self.mask_head.mask_size, batch)
+        return partial_mask_loss(logits, mask_targets, torch.cat(roi_weights))
+
+    @torch.no_grad()
+    def postprocess(
+        self, images: Tensor, out: dict[str, Tensor], anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor
+    ) -> list[dict[str, Tensor]]:
+        spatial = images.shape[2:]
+        results = []
+        for i in range(images.shape[0]):
+            boxes, scores, classes = select_detections(
+                cls_logits[i],
+                box_deltas[i],
+                anchors,
+                self.box_coder,
+                spatial,
+                self.score_thresh,
+                self.topk_candidates,
+                self.nms_thresh,
+                self.detections_per_image,
+            )
+            results.append(
+                self.segment_boxes(out["fine"][i : i + 1], out["coarse"][i : i + 1], boxes, scores, classes, spatial)
+            )
+        return results
+
+    def segment_boxes(
+        self, fine: Tensor, coarse: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, spatial: Sequence[int]
+    ) -> dict[str, Tensor]:
+        """Second stage for one image: masks of the detected boxes pasted into an instance label volume."""
+        if boxes.shape[0]:
+            rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+            probs = torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
+            instances, keep = paste_masks_in_volume(probs, boxes, scores, spatial, self.mask_threshold)
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        else:
+            instances = torch.zeros(tuple(spatial), dtype=torch.int32, device=boxes.device)
+        return {"boxes": boxes, "scores": scores, "labels": classes - 1, "instances": instances}

@@ -1,0 +1,91 @@
+"""Post-processing: detections from anchor outputs (threshold, top-k, 3D NMS) and mask paste-back.
+
+NMS, box decoding and clipping are MONAI's (``batched_nms``, ``BoxCoder``, ``clip_boxes_to_image``);
+pasting RoI masks back into a label volume with "higher score wins" is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.apps.detection.utils.box_coder import BoxCoder
+from monai.data.box_utils import batched_nms, clip_boxes_to_image
+from torch import Tensor
+
+
+def select_detections(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    box_coder: BoxCoder,
+    spatial_size: Sequence[int],
+    score_thresh: float = 0.5,
+    topk_candidates: int = 1000,
+    nms_thresh: float = 0.3,
+    detections_per_image: int = 300,
+    min_size: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Boxes, scores and class indices (>= 1) of one image, sorted by decreasing score.
+
+    Args:
+        cls_logits: ``(A, c)``; box_deltas: ``(A, 6)``; anchors: ``(A, 6)``.
+    """
+    num_classes = cls_logits.shape[1]
+    probs = torch.softmax(cls_logits.float(), dim=1)[:, 1:].reshape(-1)
+    candidates = torch.nonzero(probs > score_thresh).squeeze(1)
+    if candidates.numel() > topk_candidates:
+        candidates = candidates[torch.topk(probs[candidates], topk_candidates).indices]
+    scores = probs[candidates]
+    anchor_idx = torch.div(candidates, num_classes - 1, rounding_mode="floor")
+    classes = candidates % (num_classes - 1) + 1
+    boxes = box_coder.decode_single(box_deltas[anchor_idx].float(), anchors[anchor_idx].float())
+    boxes, _ = clip_boxes_to_image(boxes, spatial_size, remove_empty=False)
+    big = ((boxes[:, 3:] - boxes[:, :3]) >= min_size).all(dim=1)
+    boxes, scores, classes = boxes[big], scores[big], classes[big]
+    keep = batched_nms(boxes, scores, classes, nms_thresh, max_proposals=detections_per_image)
+    return boxes[keep], scores[keep], classes[keep]
+
+
+def paste_masks_in_volume(
+    mask_probs: Tensor, boxes: Tensor, scores: Tensor, spatial_size: Sequence[int], threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """Paste per-RoI mask probabilities into one instance label volume.
+
+    Each ``M³`` mask is resampled trilinearly to the voxels its box covers and thresholded; where
+    instances overlap the higher score wins.
+
+    Args:
+        mask_probs: ``(K, M, M, M)`` in [0, 1]; boxes: ``(K, 6)``; scores: ``(K,)``.
+    Returns:
+        ``labels (X, Y, Z)`` int32, value ``k + 1`` = the ``k``-th of the kept instances in input order,
+        and ``keep (K,)`` bool: instances left with at least one voxel.
+    """
+    device = mask_probs.device
+    owner = torch.zeros(tuple(int(s) for s in spatial_size), dtype=torch.int32, device=device)
+    size = torch.tensor([int(s) for s in spatial_size], device=device)
+    order = torch.argsort(scores, descending=False)  # low first: higher scores overwrite
+    for k in order.tolist():
+        box = boxes[k].float()
+        lo = torch.floor(box[:3]).long().clamp(min=0)
+        hi = torch.minimum(torch.ceil(box[3:]).long(), size)
+        if (hi <= lo).any():
+            continue
+        axes = []
+        for a in range(3):
+            centres = torch.arange(int(lo[a]), int(hi[a]), device=device, dtype=torch.float32) + 0.5
+            axes.append(2.0 * (centres - box[a]) / (box[a + 3] - box[a]).clamp(min=1e-6) - 1.0)
+        gx, gy, gz = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
+        grid = torch.stack([gz, gy, gx], dim=-1)[None]  # grid_sample wants (W, H, D) = (z, y, x) order
+        sampled = F.grid_sample(
+            mask_probs[k][None, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        )[0, 0]
+        region = owner[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        region[sampled > threshold] = k + 1
+    present = torch.zeros(boxes.shape[0] + 1, dtype=torch.bool, device=device)
+    present[owner.long().unique()] = True
+    keep = present[1:]
+    relabel = torch.zeros(boxes.shape[0] + 1, dtype=torch.int32, device=device)
+    relabel[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32, device=device)
+    return relabel[owner.long()], keep

@@ -1,0 +1,1 @@
+"""Detection utilities around MONAI's: anchor shapes, the paper's anchor matching, negative sampling."""
