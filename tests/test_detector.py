@@ -11,7 +11,7 @@ from weakseg_monai.data.synthetic import NucleusModel, boxes_from_instances, gen
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.utils.anchors import anchor_shapes_from_boxes
 
-SMALL = dict(channels=(8, 16, 24, 32), blocks=(1, 1, 1, 1), roi_size=8, mask_channels=16, min_negatives=16)
+SMALL = dict(channels=(8, 16, 24), blocks=(1, 1, 1), roi_size=8, mask_channels=16, min_negatives=16)
 
 
 def _tiny_case(annotate_every: int = 2):

@@ -2,7 +2,7 @@
 
 A VoxRes block is norm-ReLU-conv3x3x3 twice plus the identity. Each stage downsamples once (a strided
 norm-ReLU-conv) and stacks VoxRes blocks. Strides are per axis, so a stack whose z is coarse can be
-downsampled in-plane only first (the default: (2, 2, 1), then (2, 2, 2)). The coarsest stage is
+downsampled in-plane only first (the default: a (2, 2, 1) stem, then (2, 2, 2) twice). The coarsest stage is
 up-convolved and added to the one above it (a short top-down path) so the detection level sees the
 context of whole nuclei.
 """
@@ -41,8 +41,8 @@ class VoxResBackbone(nn.Module):
 
     Args:
         in_channels: image channels.
-        channels: channels of the stem and of each stage, e.g. ``(16, 32, 48, 64)``.
-        strides: per-stage stride, (x, y, z); the first entry is the stem's (usually 1).
+        channels: channels of the stem and of each stage, e.g. ``(16, 32, 48)``.
+        strides: per-stage stride, (x, y, z); the first entry is the stem's (in-plane only by default).
         blocks: VoxRes blocks per stage (stem included).
         norm: MONAI norm spec (GroupNorm by default: detection batches are small).
     Forward:
@@ -53,9 +53,9 @@ class VoxResBackbone(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        channels: Sequence[int] = (16, 32, 48, 64),
-        strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
-        blocks: Sequence[int] = (1, 1, 2, 2),
+        channels: Sequence[int] = (16, 32, 48),
+        strides: Sequence[Sequence[int]] = ((2, 2, 1), (2, 2, 2), (2, 2, 2)),
+        blocks: Sequence[int] = (1, 2, 2),
         norm: str | tuple = ("group", {"num_groups": 8}),
     ) -> None:
         super().__init__()

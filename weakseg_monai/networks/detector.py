@@ -32,6 +32,10 @@ from weakseg_monai.utils.anchors import make_anchor_generator
 from weakseg_monai.utils.matching import match_anchors, sample_anchors
 
 DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.0))
+# in-plane-only stride in the stem (z is coarse at the working spacing), detection at stride (4, 4, 2)
+DEFAULT_CHANNELS = (16, 32, 48)
+DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
+DEFAULT_BLOCKS = (1, 2, 2)
 
 
 class VoxResDetectorNet(nn.Module):
@@ -46,11 +50,11 @@ class VoxResDetectorNet(nn.Module):
         in_channels: int = 1,
         num_classes: int = 1,
         num_anchors: int = 3,
-        channels: Sequence[int] = (16, 32, 48, 64),
-        strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
-        blocks: Sequence[int] = (1, 1, 2, 2),
-        detection_level: int = 2,
-        fine_level: int = 1,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
+        blocks: Sequence[int] = DEFAULT_BLOCKS,
+        detection_level: int = 1,
+        fine_level: int = 0,
         norm: str | tuple = ("group", {"num_groups": 8}),
     ) -> None:
         super().__init__()
@@ -79,6 +83,8 @@ class WeakInstanceSegNet(nn.Module):
         anchor_shapes: anchor sizes (x, y, z) in voxels at the working spacing (see
             ``weakseg_monai.utils.anchors.anchor_shapes_from_boxes``); stored in the state dict.
         channels, strides, blocks: backbone stages (see ``VoxResBackbone``).
+        detection_level, fine_level: backbone levels of the detection head (also the coarse RoIAlign level)
+            and of the fine RoIAlign level.
         roi_size, mask_channels: mask head (masks are ``2 * roi_size`` per axis).
         positive_iou, negative_iou: anchor matching (paper: 0.4, no ignore band).
         neg_pos_ratio, min_negatives, hard_negatives: anchor sampling for the log loss.
@@ -92,12 +98,14 @@ class WeakInstanceSegNet(nn.Module):
         in_channels: int = 1,
         num_classes: int = 1,
         anchor_shapes: Sequence[Sequence[float]] = DEFAULT_ANCHOR_SHAPES,
-        channels: Sequence[int] = (16, 32, 48, 64),
-        strides: Sequence[Sequence[int]] = ((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)),
-        blocks: Sequence[int] = (1, 1, 2, 2),
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
+        blocks: Sequence[int] = DEFAULT_BLOCKS,
+        detection_level: int = 1,
+        fine_level: int = 0,
         norm: str | tuple = ("group", {"num_groups": 8}),
         roi_size: int = 12,
-        mask_channels: int = 32,
+        mask_channels: int = 16,
         positive_iou: float = 0.4,
         negative_iou: float | None = None,
         neg_pos_ratio: float = 3.0,
@@ -105,7 +113,7 @@ class WeakInstanceSegNet(nn.Module):
         hard_negatives: bool = True,
         reg_weight: float = 1.0,
         smooth_l1_beta: float = 1.0 / 9.0,
-        mask_rois_per_image: int = 32,
+        mask_rois_per_image: int = 16,
         score_thresh: float = 0.5,
         nms_thresh: float = 0.3,
         topk_candidates: int = 1000,
@@ -117,7 +125,7 @@ class WeakInstanceSegNet(nn.Module):
         self.register_buffer("anchor_shapes", torch.tensor([[float(v) for v in s] for s in anchor_shapes]))
         make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
         self.network = VoxResDetectorNet(
-            in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, norm=norm
+            in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, detection_level, fine_level, norm
         )
         cumulative = self.network.backbone.cumulative_strides()
         self.fine_stride = cumulative[self.network.fine_level]
