@@ -98,7 +98,7 @@ def test_dense_network_scripts_and_anchor_shapes_travel_with_the_weights():
     other = WeakInstanceSegNet(anchor_shapes=[[10, 10, 4], [12, 12, 6]], **SMALL)
     other.load_state_dict(model.state_dict())
     assert other.anchor_shapes.tolist() == [[14, 14, 8], [20, 20, 10]]
-    anchors = other.anchors(x, torch.zeros(1, 1, 8, 8, 4))
+    anchors = other.anchors(x.shape[2:], torch.zeros(1, 1, 8, 8, 4))
     assert torch.allclose(anchors[0, 3:] - anchors[0, :3], torch.tensor([14.0, 14.0, 8.0]))
 
 

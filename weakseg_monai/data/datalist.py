@@ -97,3 +97,12 @@ def write_datalist(dataset_dir: str | Path, sections: dict[str, list[dict]]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps_json(sections) + "\n")
     return path
+
+
+def load_section(dataset: str | Path, section: str) -> list[dict]:
+    """Items of one datalist section with absolute paths (empty list when the section is missing)."""
+    if section not in SECTIONS:
+        raise ValueError(f"section must be one of {SECTIONS}, got {section!r}")
+    path = datalist_path(dataset)
+    items = read_datalist(dataset).get(section) or []
+    return [resolve_paths(item, path.parent) for item in items]

@@ -10,8 +10,9 @@ post-processing:
 
 Targets, one dict per image, spatial values (x, y, z), boxes StandardMode in voxels:
 ``box (G, 6)``, ``label (G,)`` dataset labels (0 = first class), ``mask_annotated (G,)`` bool,
-``instances (X, Y, Z)`` label volume with value ``k + 1`` for the annotated instance ``k`` (other values
-are ignored), optional ``box_ignore (G,)`` bool for boxes a crop cut too much.
+``instances (X, Y, Z)`` label volume holding the voxels of the annotated instances, optional
+``instance_id (G,)`` the value of box ``k``'s voxels in ``instances`` (default ``k + 1``), optional
+``box_ignore (G,)`` bool for boxes a crop cut too much.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class WeakInstanceSegNet(nn.Module):
         reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
         mask_rois_per_image: at most this many annotated RoIs per image enter the mask loss.
         score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference.
+        working_spacing: (x, y, z) µm the model is trained and run at; intensity_percentiles: the per-image
+            normalisation rule (lower, upper percentiles mapped to 0, 1). Both are buffers, so a checkpoint
+            carries them.
     """
 
     def __init__(
@@ -119,10 +123,15 @@ class WeakInstanceSegNet(nn.Module):
         topk_candidates: int = 1000,
         detections_per_image: int = 300,
         mask_threshold: float = 0.5,
+        working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
+        intensity_percentiles: Sequence[float] = (1.0, 99.8),
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        # what the model learned from the data travels with its weights (state dict buffers)
         self.register_buffer("anchor_shapes", torch.tensor([[float(v) for v in s] for s in anchor_shapes]))
+        self.register_buffer("working_spacing", torch.tensor([float(v) for v in working_spacing]))
+        self.register_buffer("intensity_percentiles", torch.tensor([float(v) for v in intensity_percentiles]))
         make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
         self.network = VoxResDetectorNet(
             in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, detection_level, fine_level, norm
@@ -158,10 +167,11 @@ class WeakInstanceSegNet(nn.Module):
     def size_divisor(self) -> tuple[int, int, int]:
         return self.network.backbone.size_divisor()
 
-    def anchors(self, images: Tensor, level: Tensor) -> Tensor:
-        """``(A, 6)`` anchors of the detection level (same for every image of the batch)."""
+    def anchors(self, spatial_size: Sequence[int], level: Tensor) -> Tensor:
+        """``(A, 6)`` anchors of the detection level for an input of ``spatial_size`` (same for every image)."""
         generator = make_anchor_generator(self.anchor_shapes.tolist())
-        return generator(images[:1], [level[:1]])[0]
+        shape_only = torch.empty((1, 1, *[int(s) for s in spatial_size]), device="meta")
+        return generator(shape_only, [level[:1]])[0]
 
     def dense_outputs(self, images: Tensor) -> dict[str, Tensor]:
         check_divisible(images.shape[2:], self.size_divisor())
@@ -171,15 +181,15 @@ class WeakInstanceSegNet(nn.Module):
     def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None):
         if images.ndim != 5:
             raise ValueError(f"images must be (N, C, X, Y, Z), got {tuple(images.shape)}")
+        if self.training and (targets is None or len(targets) != images.shape[0]):
+            raise ValueError("training needs one target dict per image")
         out = self.dense_outputs(images)
-        anchors = self.anchors(images, out["cls_logits"])
+        if not self.training:
+            return self.detect(out, images.shape[2:])
+        anchors = self.anchors(images.shape[2:], out["cls_logits"])
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
-        if self.training:
-            if targets is None or len(targets) != images.shape[0]:
-                raise ValueError("training needs one target dict per image")
-            return self.compute_losses(images, out, anchors, cls_logits, box_deltas, targets)
-        return self.postprocess(images, out, anchors, cls_logits, box_deltas)
+        return self.compute_losses(images, out, anchors, cls_logits, box_deltas, targets)
 
     def compute_losses(
         self,
@@ -199,6 +209,8 @@ class WeakInstanceSegNet(nn.Module):
             gt_labels = target["label"].long().to(anchors.device)
             annotated = target.get("mask_annotated", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool()
             annotated = annotated.to(anchors.device)
+            default_ids = torch.arange(1, len(gt_boxes) + 1, device=anchors.device)
+            instance_ids = target.get("instance_id", default_ids).long().to(anchors.device)
             matched = match_anchors(anchors, gt_boxes, target.get("box_ignore"), self.positive_iou, self.negative_iou)
             neg_scores = None
             if self.hard_negatives:
@@ -223,7 +235,7 @@ class WeakInstanceSegNet(nn.Module):
             if chosen.numel():
                 roi_boxes.append(boxes[chosen])
                 roi_batch.append(torch.full((chosen.numel(),), i, dtype=torch.long, device=anchors.device))
-                roi_ids.append(gt_index[chosen] + 1)
+                roi_ids.append(instance_ids[gt_index[chosen]])
                 roi_weights.append(torch.ones(chosen.numel(), device=anchors.device))
 
         loss_cls, loss_reg = box_loss(
@@ -258,12 +270,14 @@ class WeakInstanceSegNet(nn.Module):
         return partial_mask_loss(logits, mask_targets, torch.cat(roi_weights))
 
     @torch.no_grad()
-    def postprocess(
-        self, images: Tensor, out: dict[str, Tensor], anchors: Tensor, cls_logits: Tensor, box_deltas: Tensor
-    ) -> list[dict[str, Tensor]]:
-        spatial = images.shape[2:]
+    def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
+        """Second half of inference from the dense outputs (whole volume or stitched sliding windows):
+        anchors, top-k, 3D NMS, RoIAlign mask head and paste-back, for each image of the batch."""
+        anchors = self.anchors(spatial, out["cls_logits"])
+        cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
+        box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
         results = []
-        for i in range(images.shape[0]):
+        for i in range(cls_logits.shape[0]):
             boxes, scores, classes = select_detections(
                 cls_logits[i],
                 box_deltas[i],

@@ -47,3 +47,19 @@ def anchor_shapes_from_boxes(
     shapes = np.maximum(2.0 * np.floor(np.exp(centres) / 2.0 + 0.5), 2.0)  # nearest even size, halves up
     order = np.argsort(shapes.prod(axis=1))
     return shapes[order].tolist()
+
+
+def anchor_shapes_from_datalist(
+    dataset: str, working_spacing: Sequence[float], n_shapes: int = 3, section: str = "training"
+) -> list[list[float]]:
+    """Anchor shapes from the training boxes of a dataset, converted to voxels of ``working_spacing``."""
+    from weakseg_monai.data.datalist import load_section
+    from weakseg_monai.data.io import resolve_spacing
+
+    boxes = []
+    target = np.asarray(working_spacing, dtype=np.float64)
+    for item in load_section(dataset, section):
+        b = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
+        spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")))
+        boxes.append(b * np.tile(spacing / target, 2))
+    return anchor_shapes_from_boxes(boxes, n_shapes)

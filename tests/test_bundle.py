@@ -1,0 +1,185 @@
+"""The real bundle through MONAI's bundle machinery: metadata, train + resume, evaluate, inference."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+from weakseg_monai.data.io import read_volume, write_volume
+from weakseg_monai.data.synthetic import NucleusModel, boxes_from_instances, generate_stack, write_synthetic_dataset
+from weakseg_monai.inference import WeakSegPredictor, run_inference
+from weakseg_monai.metrics import detection_f1
+from weakseg_monai.networks import WeakInstanceSegNet
+
+from .conftest import BUNDLE_DIR, run_cli
+
+CONFIGS = BUNDLE_DIR / "configs"
+SHIPPED = BUNDLE_DIR / "models" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle_data")
+    write_synthetic_dataset(out, n_train=2, n_val=1, n_test=1, shape=(64, 64, 16), n_cells=(4, 8), seed=1)
+    return out
+
+
+def _workflow(config: str, **overrides) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=None,
+        **overrides,
+    )
+    workflow.initialize()
+    return workflow
+
+
+def shipped_model() -> WeakInstanceSegNet:
+    model = WeakInstanceSegNet()
+    model.load_state_dict(torch.load(SHIPPED, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def test_metadata_verifies_offline_and_the_schema_has_teeth(tmp_path):
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "metadata_schema.json"))
+    broken = json.loads((CONFIGS / "metadata.json").read_text())
+    del broken["network_data_format"]
+    (tmp_path / "meta.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "meta.json"), filepath=str(CONFIGS / "metadata_schema.json"))
+
+
+@pytest.mark.slow
+def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
+    common = dict(bundle_root=str(tmp_path), dataset_dir=str(tiny_bundle_data), patch_size=[48, 48, 16], val_interval=1)
+    first = _workflow("train.json", epochs=2, **common)
+    first.run()
+    trainer = first.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2
+    models = tmp_path / "runs" / "train" / "models"
+    assert (models / "checkpoint_epoch=2.pt").is_file() and (models / "model.pt").is_file()
+    first.finalize()
+
+    resumed = _workflow("train.json", epochs=3, resume=True, **common)
+    trainer = resumed.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_run.append(e.state.epoch))
+    resumed.run()
+    assert epochs_run == [3], "a resumed run continues at the saved epoch"
+    assert trainer.state.iteration == 3 * 2
+    resumed.finalize()
+
+    evaluation = _workflow(
+        "evaluate.json",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tiny_bundle_data),
+        ckpt_path=str(models / "model.pt"),
+    )
+    evaluation.run()
+    metrics = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
+    assert [row["id"] for row in metrics["items"]] == ["test_000"]
+    assert {"det_f1", "seg_f1", "mean_matched_iou"} <= set(metrics["mean"])
+    assert (tmp_path / "runs" / "evaluate" / "metrics.md").read_text().count("test_000") == 1
+
+
+def test_main_job_inference_on_the_shipped_sample(tmp_path):
+    """The README's main job: the shipped model on the shipped sample, outputs in the input's geometry."""
+    result = run_cli(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE_DIR),
+        "--output_dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sample = BUNDLE_DIR / "sample" / "sample_000.nii.gz"
+    labels_path = tmp_path / "sample_000_instances.nii.gz"
+    assert nib.load(str(labels_path)).shape == nib.load(str(sample)).shape
+    np.testing.assert_allclose(nib.load(str(labels_path)).affine, nib.load(str(sample)).affine)
+    boxes = json.loads((tmp_path / "sample_000_boxes.json").read_text())
+    assert len(boxes["boxes"]) == len(boxes["scores"]) == int(read_volume(labels_path).max())
+    assert (tmp_path / "sample_000_preview.png").read_bytes()[:4] == b"\x89PNG"
+    gt = read_volume(BUNDLE_DIR / "sample_gt" / "sample_000_gt.nii.gz")
+    score = detection_f1(boxes_from_instances(gt), boxes["boxes"])
+    assert score["f1"] > 0.8, score
+
+
+def test_sliding_window_gives_no_split_or_duplicate_cell_at_the_seam():
+    """Two windows along x; the nuclei crossing the overlap are found once, as on the whole volume."""
+    image, instances = generate_stack([11], shape=(160, 96, 32), model=NucleusModel(n_cells=(25, 30)))
+    gt_boxes = boxes_from_instances(instances)
+    model = shipped_model()
+    x = torch.from_numpy(image.astype(np.float32))[None]
+    whole = WeakSegPredictor(model)(x, (0.5, 0.5, 1.0))
+    tiled = WeakSegPredictor(model, roi_size=(96, 96, 32), overlap=0.25, max_whole_voxels=1)(x, (0.5, 0.5, 1.0))
+    seam = [k for k, b in enumerate(gt_boxes) if b[0] < 80 < b[3]]  # windows [0, 96) and [64, 160)
+    assert seam, "the test volume needs a nucleus across the seam"
+    pred = torch.as_tensor(tiled["boxes"])
+    iou = detection_f1(gt_boxes[seam], tiled["boxes"])
+    assert iou["recall"] >= 0.99 * detection_f1(gt_boxes[seam], whole["boxes"])["recall"]
+    from monai.data.box_utils import box_iou
+
+    pairwise = box_iou(pred, pred) - torch.eye(len(pred))
+    assert pairwise.max() < 0.5, "duplicate detections at the seam"
+    assert detection_f1(gt_boxes, tiled["boxes"])["f1"] >= detection_f1(gt_boxes, whole["boxes"])["f1"] - 0.05
+
+
+def test_bad_inputs_fail_clearly_and_leave_no_output(tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "broken.nii.gz").write_bytes(b"not an image")
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), dtype=np.float32), np.eye(4)), str(inputs / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 8, 3), dtype=np.float32), np.eye(4)), str(inputs / "rgb.nii.gz"))
+    write_volume(inputs / "good.nii.gz", np.zeros((32, 32, 8), dtype=np.uint16), (0.5, 0.5, 1.0))
+    with pytest.raises(RuntimeError) as err:
+        run_inference(WeakSegPredictor(shipped_model()), inputs, outputs, preview=False)
+    message = str(err.value)
+    assert "3 of 4 inputs failed" in message
+    assert "broken.nii.gz" in message and "cannot be read" in message
+    assert "flat.nii.gz" in message and "single-channel 3D" in message
+    assert "rgb.nii.gz" in message and "several channels" in message
+    assert sorted(p.name for p in outputs.iterdir()) == ["good_boxes.json", "good_instances.nii.gz"]
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tiny_bundle_data, tmp_path):
+    """torchrun, 2 processes, gloo backend, 1 short epoch; checkpoints hold plain (unwrapped) weights."""
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    result = run_cli(
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tiny_bundle_data),
+        "--epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--patch_size",
+        "[48,48,16]",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = torch.load(tmp_path / "runs" / "train" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    assert "anchor_shapes" in state["model"] and not any(k.startswith("module.") for k in state["model"])
+    WeakInstanceSegNet().load_state_dict(
+        torch.load(tmp_path / "runs" / "train" / "models" / "model.pt", weights_only=True)
+    )

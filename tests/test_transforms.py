@@ -1,0 +1,123 @@
+"""The training pipeline of train.json keeps image, boxes, per-box arrays and instance volume consistent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+from monai.utils import set_determinism
+
+from weakseg_monai.data.datalist import load_section, write_datalist
+from weakseg_monai.data.io import write_volume
+from weakseg_monai.data.validate import DatasetError
+from weakseg_monai.transforms import LoadWeakAnnotationd, MarkCutBoxesd, ResampleToSpacingd
+
+from .conftest import BUNDLE_DIR, make_tiny_item
+
+PATCH = [32, 32, 16]
+
+
+def _train_pipeline(dataset_dir, **overrides) -> Compose:
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_DIR / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(dataset_dir), "patch_size": PATCH, "batch_size": 4, **overrides})
+    return parser.get_parsed_content("train#preprocessing")
+
+
+def test_resample_scales_boxes_exactly_and_round_trips():
+    image = torch.zeros(1, 40, 40, 10)
+    image[0, 8:16, 8:24, 2:6] = 1
+    labels = (image > 0).to(torch.int32)
+    d = {
+        "image": image,
+        "instances": labels,
+        "box": np.array([[8, 8, 2, 16, 24, 6]], dtype=np.float32),
+        "box_volume": np.array([8 * 16 * 4], dtype=np.float32),
+        "spacing": (0.25, 0.25, 1.0),
+    }
+    out = ResampleToSpacingd("image", (0.5, 0.5, 1.0), "instances", "box")(d)
+    assert tuple(out["image"].shape) == (1, 20, 20, 10)
+    np.testing.assert_allclose(out["box"], [[4, 4, 2, 8, 12, 6]])
+    assert out["box_volume"][0] == pytest.approx(4 * 8 * 4)
+    nz = torch.nonzero(out["instances"][0])
+    assert nz.min(0).values.tolist() == [4, 4, 2] and (nz.max(0).values + 1).tolist() == [8, 12, 6]
+
+
+def test_mark_cut_boxes_flags_less_than_half_visible():
+    d = {
+        "box": np.array([[0, 0, 0, 10, 10, 10], [0, 0, 0, 4, 10, 10]], dtype=np.float32),
+        "box_volume": np.array([1000, 1000], dtype=np.float32),
+    }
+    assert MarkCutBoxesd(min_visible=0.5)(d)["box_ignore"].tolist() == [0, 1]
+
+
+def test_loader_fails_fast_with_the_validator_message(tiny_dataset):
+    item = load_section(tiny_dataset, "training")[0]
+    item["label"] = [0]
+    with pytest.raises(DatasetError, match="1 labels for 2 boxes"):
+        LoadWeakAnnotationd()(item)
+    item = load_section(tiny_dataset, "training")[0]
+    item["box"][1] = [12, 10, 3, 30, 16, 7]
+    with pytest.raises(DatasetError, match="leave the image"):
+        LoadWeakAnnotationd()(item)
+
+
+def test_mask_fraction_simulates_nested_masks_from_gt(synthetic_dataset):
+    item = load_section(synthetic_dataset, "training")[0]
+    ten = LoadWeakAnnotationd(mask_fraction=0.1, seed=3)(item)
+    twenty = LoadWeakAnnotationd(mask_fraction=0.2, seed=3)(item)
+    as_given = LoadWeakAnnotationd()(item)
+    n = len(item["box"])
+    assert abs(int(twenty["mask_annotated"].sum()) - 0.2 * n) <= 1
+    assert not (ten["mask_annotated"].astype(bool) & ~twenty["mask_annotated"].astype(bool)).any()
+    np.testing.assert_array_equal(as_given["mask_annotated"].astype(bool), item["mask_annotated"])
+    annotated_ids = set(np.nonzero(twenty["mask_annotated"])[0] + 1)
+    assert set(torch.unique(twenty["instances"]).tolist()) - {0} == annotated_ids
+
+
+def test_augmented_crops_stay_consistent(synthetic_dataset):
+    """Crops, flips, 90° rotations, zoom and clipping keep boxes, per-box arrays and instances together."""
+    set_determinism(0)
+    pipeline = _train_pipeline(synthetic_dataset)
+    item = load_section(synthetic_dataset, "training")[0]
+    checked = 0
+    for _ in range(6):
+        for crop in pipeline(item):
+            assert tuple(crop["image"].shape) == (1, *PATCH) and tuple(crop["instances"].shape) == (1, *PATCH)
+            boxes = np.asarray(crop["box"]).reshape(-1, 6)
+            n = len(boxes)
+            for key in ("label", "mask_annotated", "instance_id", "box_volume", "box_ignore"):
+                assert len(np.asarray(crop[key]).reshape(-1)) == n, key
+            assert (boxes[:, :3] >= 0).all() and (boxes[:, 3:] <= np.array(PATCH)).all()
+            instances = np.asarray(crop["instances"])[0]
+            for k in np.nonzero(np.asarray(crop["mask_annotated"]).reshape(-1))[0]:
+                voxels = np.argwhere(instances == int(np.asarray(crop["instance_id"]).reshape(-1)[k]))
+                if len(voxels):
+                    lo, hi = voxels.min(0), voxels.max(0) + 1
+                    assert (lo >= np.floor(boxes[k, :3]) - 1).all() and (hi <= np.ceil(boxes[k, 3:]) + 1).all()
+                    checked += 1
+    assert checked > 0
+
+
+def test_volume_smaller_than_patch_is_padded_at_the_end(tmp_path):
+    item = make_tiny_item(tmp_path)  # 24 x 20 x 8 at 0.5 x 0.5 x 1.0
+    write_datalist(tmp_path, {"training": [item]})
+    set_determinism(0)
+    crops = _train_pipeline(tmp_path)(load_section(tmp_path, "training")[0])
+    for crop in crops:
+        assert tuple(crop["image"].shape) == (1, *PATCH)
+        assert len(np.asarray(crop["box"]).reshape(-1, 6)) >= 1
+
+
+def test_loader_reads_tiff_spacing_and_keeps_xyz(tmp_path):
+    image = np.zeros((30, 20, 6), dtype=np.uint16)
+    image[5:10, 4:8, 1:3] = 1000
+    write_volume(tmp_path / "img.tif", image, (0.25, 0.25, 1.0))
+    d = LoadWeakAnnotationd()(
+        {"id": "t", "image": str(tmp_path / "img.tif"), "box": [[5, 4, 1, 10, 8, 3]], "label": [0]}
+    )
+    assert tuple(d["image"].shape) == (1, 30, 20, 6)
+    assert d["spacing"] == pytest.approx((0.25, 0.25, 1.0))
+    assert float(d["image"][0, 6, 5, 2]) == 1000

@@ -1,0 +1,13 @@
+"""Ignite engines (MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` with detection iterations) and
+handlers for training and evaluating ``WeakInstanceSegNet``."""
+
+from weakseg_monai.engines.evaluator import InstanceMetricsWriter, WeakSegEvaluator
+from weakseg_monai.engines.trainer import WeakSegTrainer, latest_checkpoint, prepare_detection_batch
+
+__all__ = [
+    "InstanceMetricsWriter",
+    "WeakSegEvaluator",
+    "WeakSegTrainer",
+    "latest_checkpoint",
+    "prepare_detection_batch",
+]

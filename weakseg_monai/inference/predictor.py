@@ -1,0 +1,128 @@
+"""``WeakSegPredictor``: input geometry in, instances out in the same geometry.
+
+Steps (one rule for evaluation, inference and benchmarks): resample to the model's working spacing
+(edge-aligned, see ``ResampleToSpacingd``), per-image percentile normalisation (MONAI
+``ScaleIntensityRangePercentiles`` with the model's stored percentiles), pad at the end to the
+backbone's size divisor, dense network on the whole volume when it fits ``max_whole_voxels`` or by MONAI
+``sliding_window_inference`` (stitching the dense head and feature maps), then anchors, top-k, NMS and
+the RoIAlign mask head once over the whole volume -- so no cell is split or duplicated at window seams --
+and finally boxes and labels mapped back to the input's voxel grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.transforms import ScaleIntensityRangePercentiles
+
+from weakseg_monai.conventions import as_spacing
+from weakseg_monai.networks.detector import WeakInstanceSegNet
+from weakseg_monai.transforms.dictionary import resample_volume
+
+logger = logging.getLogger(__name__)
+
+
+class WeakSegPredictor:
+    """Run a ``WeakInstanceSegNet`` on volumes of any size and spacing.
+
+    Args:
+        network: the model (its buffers give working spacing and intensity rule).
+        roi_size: sliding-window size (x, y, z) at the working spacing (rounded to the size divisor).
+        overlap: sliding-window overlap.
+        sw_batch_size: windows per forward pass.
+        max_whole_voxels: volumes (after resampling) up to this many voxels run in one pass.
+        device: where the network runs.
+    """
+
+    def __init__(
+        self,
+        network: WeakInstanceSegNet,
+        roi_size: Sequence[int] = (128, 128, 32),
+        overlap: float = 0.25,
+        sw_batch_size: int = 2,
+        max_whole_voxels: int = 4_000_000,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.network = network
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.overlap = overlap
+        self.sw_batch_size = sw_batch_size
+        self.max_whole_voxels = max_whole_voxels
+        self.device = torch.device(device)
+
+    @property
+    def working_spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.network.working_spacing.tolist())  # type: ignore[return-value]
+
+    def preprocess(self, image: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
+        """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing, and the zoom."""
+        old = np.asarray(image.shape[1:])
+        new = np.maximum(np.round(old * np.asarray(as_spacing(spacing)) / np.asarray(self.working_spacing)), 1)
+        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new.astype(int))
+        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
+        x = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=False)(x)
+        return torch.as_tensor(x, dtype=torch.float32), new / old
+
+    def dense(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Dense outputs for a padded ``(1, 1, X, Y, Z)`` batch: one pass or stitched sliding windows."""
+        if x[0, 0].numel() <= self.max_whole_voxels:
+            return self.network.network(x)
+        divisor = self.network.size_divisor()
+        roi = [max(d, min(r, s) // d * d) for r, s, d in zip(self.roi_size, x.shape[2:], divisor)]
+        logger.info("sliding window %s over %s (overlap %.2f)", roi, tuple(x.shape[2:]), self.overlap)
+        return sliding_window_inference(
+            x,
+            roi,
+            self.sw_batch_size,
+            self.network.network,
+            overlap=self.overlap,
+            mode="gaussian",
+            sw_device=self.device,
+            device=self.device,
+        )
+
+    @torch.inference_mode()
+    def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out)."""
+        self.network.eval()
+        shape = tuple(x.shape[1:])
+        divisor = self.network.size_divisor()
+        padded = [int(np.ceil(s / d) * d) for s, d in zip(shape, divisor)]
+        batch = F.pad(x[None].to(self.device), [p for s, t in reversed(list(zip(shape, padded))) for p in (0, t - s)])
+        result = self.network.detect(self.dense(batch), padded)[0]
+        boxes = result["boxes"]
+        boxes = torch.minimum(boxes, torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
+        instances = result["instances"][: shape[0], : shape[1], : shape[2]]
+        return dict(result, boxes=boxes, instances=instances)
+
+    def __call__(self, image: torch.Tensor, spacing: Sequence[float]) -> dict[str, np.ndarray]:
+        """Instances of a ``(1, X, Y, Z)`` image of the given (x, y, z) spacing, in its own voxel grid.
+
+        Returns numpy arrays: ``boxes (K, 6)`` float32, ``scores (K,)``, ``labels (K,)`` (dataset labels) and
+        ``instances (X, Y, Z)`` int32 with value ``k + 1`` for box ``k``.
+        """
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"expected a single-channel (1, X, Y, Z) volume, got shape {tuple(image.shape)}")
+        x, zoom = self.preprocess(image, spacing)
+        result = self.predict_working(x)
+        original = tuple(int(s) for s in image.shape[1:])
+        instances = resample_volume(result["instances"][None].cpu(), original, labels=True)[0]
+        boxes = result["boxes"].cpu().numpy() / np.tile(zoom, 2)
+        boxes = np.clip(boxes, 0, np.tile(original, 2)).astype(np.float32)
+        # an instance can vanish when resampled back (sub-voxel at the input grid): drop its box too
+        present = np.zeros(len(boxes) + 1, dtype=bool)
+        present[np.unique(instances.numpy())] = True
+        keep = present[1:]
+        relabel = np.zeros(len(boxes) + 1, dtype=np.int32)
+        relabel[1:][keep] = np.arange(1, keep.sum() + 1)
+        return {
+            "boxes": boxes[keep],
+            "scores": result["scores"].cpu().numpy()[keep],
+            "labels": result["labels"].cpu().numpy()[keep],
+            "instances": relabel[instances.numpy()],
+        }

@@ -1,0 +1,10 @@
+"""MONAI-style dictionary transforms for weak annotation (loading, working spacing, crop bookkeeping)."""
+
+from weakseg_monai.transforms.dictionary import (
+    LoadWeakAnnotationd,
+    MarkCutBoxesd,
+    ResampleToSpacingd,
+    resample_volume,
+)
+
+__all__ = ["LoadWeakAnnotationd", "MarkCutBoxesd", "ResampleToSpacingd", "resample_volume"]

@@ -1,0 +1,194 @@
+"""Dictionary transforms that MONAI lacks for weak annotation; the rest of the pipeline is MONAI's own
+(``ScaleIntensityRangePercentilesd``, ``SpatialPadd``, ``monai.apps.detection.transforms`` crops, flips,
+rotations, zoom and ``ClipBoxToImaged``).
+
+Keys produced by ``LoadWeakAnnotationd`` (all spatial values (x, y, z), boxes StandardMode in voxels):
+
+- ``image``: ``(1, X, Y, Z)`` float32 MetaTensor (its affine is kept for writing NIfTI outputs);
+- ``instances``: ``(1, X, Y, Z)`` int32, value = ``instance_id`` of an annotated instance, 0 elsewhere;
+- ``box (G, 6)`` float32, ``label (G,)`` int64, ``mask_annotated (G,)`` uint8, ``instance_id (G,)`` int64,
+  ``box_volume (G,)`` float32 (volume before any crop, for ``MarkCutBoxesd``);
+- ``spacing``: the input's (x, y, z) spacing in µm by the project's spacing rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform
+
+from weakseg_monai.conventions import as_boxes, as_spacing
+from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
+from weakseg_monai.data.io import resolve_spacing
+from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
+
+logger = logging.getLogger(__name__)
+
+
+def _per_box(d: Mapping, key: str, n: int, default, dtype) -> np.ndarray:
+    values = d.get(key)
+    return np.full(n, default, dtype=dtype) if values is None else np.asarray(values, dtype=dtype).reshape(n)
+
+
+class LoadWeakAnnotationd(MapTransform):
+    """Load one datalist item (paths already absolute) into image, instance volume and per-box arrays.
+
+    Reads through MONAI's ``LoadImage`` (NIfTI and TIFF, (x, y, z)); the spacing follows the project's rule.
+    The item's fields are checked first with the validator's own checks, so a bad item fails here with
+    the validator's message.
+
+    Args:
+        mask_fraction: ``None`` uses the item's ``mask`` as annotated. A number in [0, 1] simulates that
+            fraction from ``gt_instances`` (seeded, nested, see ``select_annotated``) where the item has them;
+            items without ``gt_instances`` keep their own ``mask``.
+        seed: seed of the simulated choice.
+        load_gt: also load ``gt_instances`` (for scoring) into key ``gt_instances``.
+    """
+
+    def __init__(self, mask_fraction: float | None = None, seed: int = 0, load_gt: bool = False) -> None:
+        super().__init__(keys=["image"])
+        self.mask_fraction = mask_fraction
+        self.seed = seed
+        self.load_gt = load_gt
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=None)
+
+    def _read(self, path: str) -> MetaTensor:
+        return self.loader(path)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        name = str(d.get("id", d.get("image")))
+        raise_for_problems(check_item(d, where=f"item {name}", read_volumes=False))
+        image_path = str(d["image"])
+        image = self._read(image_path)
+        if image.ndim != 4 or image.shape[0] != 1:
+            raise ValueError(f"item {name}: image must be a single-channel 3D volume, got shape {tuple(image.shape)}")
+        spatial = tuple(image.shape[1:])
+        try:
+            boxes = as_boxes(d.get("box", []), spatial).astype(np.float32)
+        except ValueError as err:
+            raise DatasetError(f"item {name} field 'box' [{image_path}]: {err}") from err
+        n = len(boxes)
+        flags = _per_box(d, "mask_annotated", n, False, bool)
+        instances = None
+        gt = None
+        if d.get("gt_instances") and (self.load_gt or self.mask_fraction is not None):
+            gt = np.asarray(self._read(str(d["gt_instances"]))[0]).astype(np.int32)
+        if self.mask_fraction is not None and gt is not None:
+            flags = select_annotated(n, float(self.mask_fraction), self.seed, name)
+            instances = partial_mask_from_instances(gt, flags)
+        elif d.get("mask") and flags.any():
+            instances = np.asarray(self._read(str(d["mask"]))[0]).astype(np.int32)
+        if instances is None:
+            instances = np.zeros(spatial, dtype=np.int32)
+        if instances.shape != spatial:
+            raise ValueError(f"item {name}: mask shape {instances.shape} differs from the image {spatial}")
+
+        d["image"] = image.to(torch.float32)
+        d["instances"] = torch.from_numpy(instances[None])
+        if self.load_gt and gt is not None:
+            d["gt_instances"] = torch.from_numpy(gt[None])
+        d["box"] = boxes
+        d["label"] = _per_box(d, "label", n, 0, np.int64)
+        d["mask_annotated"] = flags.astype(np.uint8)
+        d["instance_id"] = np.arange(1, n + 1, dtype=np.int64)
+        d["box_volume"] = np.prod(boxes[:, 3:] - boxes[:, :3], axis=1).astype(np.float32)
+        d["spacing"] = resolve_spacing(image_path, d.get("spacing"))
+        d["original_shape"] = spatial
+        return d
+
+
+def resample_volume(volume: torch.Tensor, size: Sequence[int], labels: bool = False) -> torch.Tensor:
+    """Edge-aligned resampling of a ``(C, X, Y, Z)`` volume to ``size``.
+
+    Voxel edges 0 and S map onto 0 and S', so half-open boxes scale exactly by ``S' / S``. Labels use
+    nearest neighbours (``nearest-exact``); images use area averaging when every axis shrinks (no
+    aliasing) and trilinear interpolation otherwise.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(volume.shape[1:]) == size:
+        return volume
+    x = volume[None].float()
+    if labels:
+        out = F.interpolate(x, size=size, mode="nearest-exact")
+        return out[0].to(volume.dtype)
+    shrink = all(s <= v for s, v in zip(size, volume.shape[1:]))
+    mode = "area" if shrink else "trilinear"
+    out = F.interpolate(x, size=size, mode=mode, **({} if shrink else {"align_corners": False}))
+    return out[0]
+
+
+class ResampleToSpacingd(MapTransform):
+    """Resample image and label volumes from the item's ``spacing`` to ``working_spacing``; scale boxes.
+
+    Why not ``Spacingd``: it keeps voxel centres (a corner-aligned grid), under which half-open voxel boxes
+    do not map by a plain factor; this edge-aligned version scales boxes exactly and is undone exactly on
+    output (``zoom`` is stored in the item).
+
+    Args:
+        keys: image keys (interpolated).
+        label_keys: label volumes (nearest).
+        box_keys: boxes scaled by the zoom.
+        working_spacing: target (x, y, z) spacing in µm.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        working_spacing: Sequence[float],
+        label_keys: KeysCollection = (),
+        box_keys: KeysCollection = (),
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.working_spacing = np.asarray(as_spacing(working_spacing))
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        self.box_keys = [box_keys] if isinstance(box_keys, str) else list(box_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        first = d[self.first_key(d)]
+        old = np.asarray(first.shape[1:])
+        factor = np.asarray(as_spacing(d["spacing"])) / self.working_spacing
+        new = np.maximum(np.round(old * factor).astype(int), 1)
+        zoom = new / old
+        for key in self.key_iterator(d):
+            d[key] = resample_volume(torch.as_tensor(d[key]), new)
+        for key in self.label_keys:
+            if key in d:
+                d[key] = resample_volume(torch.as_tensor(d[key]), new, labels=True)
+        for key in self.box_keys:
+            if key in d:
+                d[key] = (np.asarray(d[key], dtype=np.float32).reshape(-1, 6) * np.tile(zoom, 2)).astype(np.float32)
+        if "box_volume" in d:
+            d["box_volume"] = (np.asarray(d["box_volume"]) * float(np.prod(zoom))).astype(np.float32)
+        d["zoom"] = zoom.astype(np.float64)
+        return d
+
+
+class MarkCutBoxesd(MapTransform):
+    """After a crop: flag boxes cut to less than ``min_visible`` of their volume (``box_ignore``).
+
+    Their anchors are ignored by the loss (neither positive nor negative): a sliver of a nucleus at the
+    patch border is not a fair detection target. Reads ``box_volume`` (carried through the crop as a
+    ``label_keys`` array).
+    """
+
+    def __init__(self, box_key: str = "box", min_visible: float = 0.5) -> None:
+        super().__init__(keys=[box_key])
+        self.box_key = box_key
+        self.min_visible = min_visible
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        boxes = np.asarray(d[self.box_key], dtype=np.float32).reshape(-1, 6)
+        volume = np.prod(boxes[:, 3:] - boxes[:, :3], axis=1)
+        original = np.asarray(d["box_volume"], dtype=np.float32).reshape(-1)
+        d["box_ignore"] = (volume < self.min_visible * np.maximum(original, 1e-6)).astype(np.uint8)
+        return d
