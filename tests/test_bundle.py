@@ -183,3 +183,21 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tiny_bundle_data, tmp_path):
     WeakInstanceSegNet().load_state_dict(
         torch.load(tmp_path / "runs" / "train" / "models" / "model.pt", weights_only=True)
     )
+
+
+def test_ckpt_export_scripts_the_dense_network(tmp_path):
+    from monai.bundle import ckpt_export
+
+    ckpt_export(
+        net_id="export_network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(SHIPPED),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        bundle_root=str(BUNDLE_DIR),
+    )
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(1, 1, 32, 32, 16)
+    eager = shipped_model().network(x)
+    for key, value in scripted(x).items():
+        assert torch.allclose(value, eager[key], atol=1e-5), key

@@ -197,6 +197,7 @@ class RoIAlign3D(nn.Module):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
+    @torch.jit.unused  # flexible (number | per-axis) arguments are not TorchScript; eager mode is unaffected
     def forward(self, features: Tensor, rois: Tensor) -> Tensor:
         return roi_align_3d(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
 

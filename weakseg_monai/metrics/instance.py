@@ -43,21 +43,50 @@ def detection_f1(gt_boxes, pred_boxes, iou_threshold: float = 0.4) -> dict[str, 
     return _scores(len(rows), len(gt), len(pred))
 
 
-def instance_iou(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU matrix ``(G, P)`` between the instances of two label volumes, with their label values."""
+def _dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label values (0 first) and the labels renumbered 0..n-1 in that order."""
+    values, dense = np.unique(labels, return_inverse=True)
+    if values[0] != 0:
+        values, dense = np.concatenate([[0], values]), dense + 1
+    return values, dense
+
+
+def joint_histogram(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Voxel counts of every (reference, result) pair of two label volumes, in one pass.
+
+    Returns ``joint (G, P)``, the label values ``gt_ids (G,)``, ``pred_ids (P,)`` (0 excluded) and the
+    object sizes ``gt_size (G,)``, ``pred_size (P,)``. Small non-negative integer labels go straight into
+    one ``bincount`` (no sort); other labels are renumbered with ``np.unique`` first.
+    """
     gt = np.asarray(gt_labels).ravel()
     pred = np.asarray(pred_labels).ravel()
     if gt.shape != pred.shape:
         raise ValueError(f"label volumes differ in size: {np.shape(gt_labels)} vs {np.shape(pred_labels)}")
-    gt_ids, gt_inv = np.unique(gt, return_inverse=True)
-    pred_ids, pred_inv = np.unique(pred, return_inverse=True)
-    joint = np.bincount(gt_inv * len(pred_ids) + pred_inv, minlength=len(gt_ids) * len(pred_ids))
-    joint = joint.reshape(len(gt_ids), len(pred_ids)).astype(np.float64)
-    gt_size, pred_size = joint.sum(axis=1), joint.sum(axis=0)
+    gt_values = pred_values = None
+    for name, arr in (("gt", gt), ("pred", pred)):
+        small = arr.dtype.kind in "iub" and arr.size and arr.min() >= 0 and arr.max() < 1_000_000
+        if not small:
+            values, dense = _dense_labels(arr)
+            if name == "gt":
+                gt_values, gt = values, dense
+            else:
+                pred_values, pred = values, dense
+    g_n, p_n = int(gt.max(initial=0)) + 1, int(pred.max(initial=0)) + 1
+    counts = np.bincount(gt.astype(np.int64) * p_n + pred, minlength=g_n * p_n).reshape(g_n, p_n)
+    gt_idx = np.nonzero(counts[1:].any(axis=1))[0] + 1
+    pred_idx = np.nonzero(counts[:, 1:].any(axis=0))[0] + 1
+    joint = counts[np.ix_(gt_idx, pred_idx)]
+    gt_ids = gt_idx if gt_values is None else gt_values[gt_idx]
+    pred_ids = pred_idx if pred_values is None else pred_values[pred_idx]
+    return joint, gt_ids, pred_ids, counts[gt_idx].sum(axis=1), counts[:, pred_idx].sum(axis=0)
+
+
+def instance_iou(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU matrix ``(G, P)`` between the instances of two label volumes, with their label values."""
+    joint, gt_ids, pred_ids, gt_size, pred_size = joint_histogram(gt_labels, pred_labels)
     union = gt_size[:, None] + pred_size[None, :] - joint
-    iou = np.divide(joint, union, out=np.zeros_like(joint), where=union > 0)
-    keep_gt, keep_pred = gt_ids > 0, pred_ids > 0
-    return iou[np.ix_(keep_gt, keep_pred)], gt_ids[keep_gt], pred_ids[keep_pred]
+    iou = np.divide(joint, union, out=np.zeros(joint.shape), where=union > 0)
+    return iou, gt_ids, pred_ids
 
 
 def segmentation_f1(gt_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:

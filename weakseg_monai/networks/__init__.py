@@ -1,7 +1,15 @@
 """Networks: VoxRes backbone, detection and mask heads, and the whole weak-annotation model."""
 
 from weakseg_monai.networks.backbone import VoxResBackbone, VoxResBlock
-from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet
+from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet, WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
 
-__all__ = ["DetectionHead3D", "MaskHead3D", "VoxResBackbone", "VoxResBlock", "VoxResDetectorNet", "WeakInstanceSegNet"]
+__all__ = [
+    "DetectionHead3D",
+    "MaskHead3D",
+    "VoxResBackbone",
+    "VoxResBlock",
+    "VoxResDetectorNet",
+    "WeakInstanceSegNet",
+    "WeakInstanceSegNetExport",
+]

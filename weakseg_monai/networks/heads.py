@@ -110,6 +110,7 @@ class MaskHead3D(nn.Module):
         )
         self.logits = nn.Conv3d(mask_channels, 1, 1)
 
+    @torch.jit.unused  # RoIAlign's flexible arguments are not TorchScript; eager mode is unaffected
     def forward(self, fine: Tensor, coarse: Tensor, rois: Tensor) -> Tensor:
         f = self.lateral_fine(self.align_fine(fine, rois))
         c = self.up_coarse(self.align_coarse(coarse, rois))
