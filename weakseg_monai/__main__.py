@@ -1,4 +1,5 @@
-"""Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``).
+"""Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``score``, ``budget``,
+``from-ctc``, ``to-ctc``).
 
 Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``.
 """
@@ -74,7 +75,64 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
         sys.exit(1)
 
 
-COMMANDS = {"synth": synth, "validate": validate}
+def score(gt: str, pred: str, out: str = "") -> None:
+    """Score predicted label volumes in PRED against ground truth in GT (det F1, seg F1, CTC SEG / DET).
+
+    Files pair by name (``NAME_instances.*`` or ``NAME.*`` for ``NAME[_gt].*``); ``--out`` writes JSON.
+    """
+    import json
+
+    from weakseg_monai.metrics.scoring import score_folders
+
+    result = score_folders(gt, pred)
+    columns = list(result["items"][0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in result["items"] + [dict(result["mean"], id="mean")]:
+        print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+    if out:
+        Path(out).write_text(json.dumps(result, indent=4))
+        print(f"wrote {out}")
+
+
+def budget(dataset_dir: str, mask_fraction: float = 0.2, mask_cost: float = 30.0, box_cost: float = 1.0) -> None:
+    """Annotation time units of the weak training set vs full masks, and the matched-time baseline subset."""
+    from weakseg_monai.data.budget import annotation_budget
+
+    b = annotation_budget(dataset_dir, mask_fraction, mask_cost, box_cost)
+    print(f"training stacks: {b['stacks']}, cells: {b['cells']} (box = {box_cost}, mask = {mask_cost} units)")
+    print(f"weak set (all boxes + {mask_fraction:.0%} masks): {b['weak_cost']:.0f} units")
+    print(f"full masks: {b['full_cost']:.0f} units (weak / full = {b['weak_over_full']:.3f})")
+    print(
+        f"matched-time baseline: first {b['matched_k']} of {b['stacks']} stacks with full masks "
+        f"({b['matched_cost']:.0f} units): {', '.join(b['matched_ids'])}"
+    )
+
+
+def from_ctc(
+    root: str, out: str, mask_fraction: float = 0.2, seed: int = 0, spacing: tuple = (0.125, 0.125, 0.2)
+) -> None:
+    """Convert a Cell Tracking Challenge folder (01/t000.tif, 01_GT/SEG/man_seg000.tif) with the paper's split."""
+    from weakseg_monai.data.ctc import from_ctc as convert
+
+    print(f"wrote {convert(root, out, mask_fraction, seed, tuple(spacing))}")
+
+
+def to_ctc(pred: str, out: str, sequence: str = "01") -> None:
+    """Write *_instances predictions of frames tTTT as OUT/<sequence>_RES/maskTTT.tif + res_track.txt."""
+    from weakseg_monai.data.ctc import to_ctc as convert
+
+    print(f"wrote {convert(pred, out, sequence)}")
+
+
+COMMANDS = {
+    "synth": synth,
+    "validate": validate,
+    "score": score,
+    "budget": budget,
+    "from-ctc": from_ctc,
+    "to-ctc": to_ctc,
+}
 
 
 def main() -> None:
