@@ -76,6 +76,55 @@ def _time(fn, features: torch.Tensor, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def run(rois_n: int = 64, channels: int = 32, sizes=(7, 14), ratio: int = 2, repeats: int = 5) -> list[dict]:
+    """Time fwd+bwd of the three variants side by side; one row per output size."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(2, channels, 64, 64, 32, generator=gen)
+    size = torch.tensor([64.0, 64.0, 32.0])
+    centres = torch.rand(rois_n, 3, generator=gen) * size
+    extents = (torch.rand(rois_n, 3, generator=gen) * 0.5 + 0.5) * torch.tensor([20.0, 20.0, 10.0])
+    boxes = torch.cat([centres - extents / 2, centres + extents / 2], dim=1)  # some cross the border
+    batch = (torch.arange(rois_n) * 2 // rois_n).float()[:, None]  # first half image 0, rest image 1
+    rois = torch.cat([batch, boxes], dim=1)
+    rows = []
+    for s in sizes:
+        ours = _time(lambda f, s=s: roi_align_3d(f, rois, s, 1.0, ratio, True), features, repeats)
+        loop = _time(
+            lambda f, s=s: torch.cat([roi_align_3d(f, rois[i : i + 1], s, 1.0, ratio, True) for i in range(rois_n)]),
+            features,
+            max(1, repeats // 2),
+        )
+        floor = _time(lambda f, s=s: grid_sample_roi_align(f, rois, s, ratio), features, repeats)
+        reference = grid_sample_roi_align(features.double(), rois.double(), s, ratio)
+        error = (roi_align_3d(features, rois, s, 1.0, ratio, True).double() - reference).abs().max().item()
+        rows.append(
+            {
+                "size": s,
+                "ours_ms": ours * 1e3,
+                "loop_ms": loop * 1e3,
+                "floor_ms": floor * 1e3,
+                "loop_over_ours": loop / ours,
+                "ours_over_floor": ours / floor,
+                "max_error": error,
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict]) -> list[str]:
+    lines = [
+        "| output | roi_align_3d (ms) | per-RoI loop (ms) | grid_sample floor (ms) | loop / ours | ours / floor "
+        "| max abs err vs float64 ref |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']}³ | {r['ours_ms']:.1f} | {r['loop_ms']:.1f} | {r['floor_ms']:.1f} | "
+            f"{r['loop_over_ours']:.2f}x | {r['ours_over_floor']:.2f}x | {r['max_error']:.2e} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rois", type=int, default=64)
@@ -87,41 +136,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    features = torch.randn(2, args.channels, 64, 64, 32, generator=gen)
-    size = torch.tensor([64.0, 64.0, 32.0])
-    centres = torch.rand(args.rois, 3, generator=gen) * size
-    extents = (torch.rand(args.rois, 3, generator=gen) * 0.5 + 0.5) * torch.tensor([20.0, 20.0, 10.0])
-    boxes = torch.cat([centres - extents / 2, centres + extents / 2], dim=1)  # some cross the border
-    batch = (torch.arange(args.rois) * 2 // args.rois).float()[:, None]  # first half image 0, rest image 1
-    rois = torch.cat([batch, boxes], dim=1)
-
     print(
         f"# 3D RoIAlign fwd+bwd: {args.rois} RoIs, {args.channels} channels, features (2, C, 64, 64, 32), "
         f"sampling_ratio {args.ratio}"
     )
     print(f"# machine: {cpu_name()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(
-        "| output | roi_align_3d (ms) | per-RoI loop (ms) | grid_sample floor (ms) | loop / ours | ours / floor "
-        "| max abs err vs float64 ref |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for s in args.sizes:
-        ours = _time(lambda f, s=s: roi_align_3d(f, rois, s, 1.0, args.ratio, True), features, args.repeats)
-        loop = _time(
-            lambda f, s=s: torch.cat(
-                [roi_align_3d(f, rois[i : i + 1], s, 1.0, args.ratio, True) for i in range(args.rois)]
-            ),
-            features,
-            max(1, args.repeats // 2),
-        )
-        floor = _time(lambda f, s=s: grid_sample_roi_align(f, rois, s, args.ratio), features, args.repeats)
-        reference = grid_sample_roi_align(features.double(), rois.double(), s, args.ratio)
-        error = (roi_align_3d(features, rois, s, 1.0, args.ratio, True).double() - reference).abs().max().item()
-        print(
-            f"| {s}³ | {ours * 1e3:.1f} | {loop * 1e3:.1f} | {floor * 1e3:.1f} | {loop / ours:.2f}x "
-            f"| {ours / floor:.2f}x | {error:.2e} |"
-        )
+    print("\n".join(format_rows(run(args.rois, args.channels, args.sizes, args.ratio, args.repeats))))
 
 
 if __name__ == "__main__":

@@ -34,15 +34,24 @@ def _ground_truth(item: dict) -> dict:
 class WeakSegEvaluator(SupervisedEvaluator):
     """Evaluator over loaded items (``LoadWeakAnnotationd(load_gt=True)``, batch of 1, ``no_collation``).
 
+    ``predictor`` defaults to ``WeakSegPredictor(network)``; pass a ``BaselinePredictor`` for the baseline.
     Output per iteration: ``{"pred": [prediction dicts at input geometry], "label": [ground truth dicts]}``,
     the form ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
     ``output_transform=lambda x: (x["pred"], x["label"])``.
     """
 
-    def __init__(self, device, val_data_loader, network, predictor_kwargs: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        device,
+        val_data_loader,
+        network,
+        predictor_kwargs: dict | None = None,
+        predictor: WeakSegPredictor | None = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("decollate", False)
         super().__init__(device, val_data_loader, network, **kwargs)
-        self.predictor = WeakSegPredictor(network, device=device, **(predictor_kwargs or {}))
+        self.predictor = predictor or WeakSegPredictor(network, device=device, **(predictor_kwargs or {}))
 
     def _iteration(self, engine: WeakSegEvaluator, batchdata: Sequence) -> dict:
         preds, labels = [], []

@@ -68,10 +68,22 @@ class WeakSegPredictor:
         x = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=False)(x)
         return torch.as_tensor(x, dtype=torch.float32), new / old
 
-    def dense(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def dense_module(self) -> torch.nn.Module:
+        """The part that runs per window: the detector's dense network (backbone + detection head)."""
+        return self.network.network
+
+    def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """``(1, X, Y, Z)`` -> ``(1, 1, X', Y', Z')`` padded at the end to the size divisor, and its size."""
+        shape = tuple(x.shape[1:])
+        padded = [int(np.ceil(s / d) * d) for s, d in zip(shape, self.network.size_divisor())]
+        batch = F.pad(x[None].to(self.device), [p for s, t in reversed(list(zip(shape, padded))) for p in (0, t - s)])
+        return batch, padded
+
+    def dense(self, x: torch.Tensor):
         """Dense outputs for a padded ``(1, 1, X, Y, Z)`` batch: one pass or stitched sliding windows."""
+        module = self.dense_module()
         if x[0, 0].numel() <= self.max_whole_voxels:
-            return self.network.network(x)
+            return module(x)
         divisor = self.network.size_divisor()
         roi = [max(d, min(r, s) // d * d) for r, s, d in zip(self.roi_size, x.shape[2:], divisor)]
         logger.info("sliding window %s over %s (overlap %.2f)", roi, tuple(x.shape[2:]), self.overlap)
@@ -79,7 +91,7 @@ class WeakSegPredictor:
             x,
             roi,
             self.sw_batch_size,
-            self.network.network,
+            module,
             overlap=self.overlap,
             mode="gaussian",
             sw_device=self.device,
@@ -91,9 +103,7 @@ class WeakSegPredictor:
         """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out)."""
         self.network.eval()
         shape = tuple(x.shape[1:])
-        divisor = self.network.size_divisor()
-        padded = [int(np.ceil(s / d) * d) for s, d in zip(shape, divisor)]
-        batch = F.pad(x[None].to(self.device), [p for s, t in reversed(list(zip(shape, padded))) for p in (0, t - s)])
+        batch, padded = self.pad(x)
         result = self.network.detect(self.dense(batch), padded)[0]
         boxes = result["boxes"]
         boxes = torch.minimum(boxes, torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
@@ -125,4 +135,38 @@ class WeakSegPredictor:
             "scores": result["scores"].cpu().numpy()[keep],
             "labels": result["labels"].cpu().numpy()[keep],
             "instances": relabel[instances.numpy()],
+        }
+
+
+class BaselinePredictor(WeakSegPredictor):
+    """The VoxResNet + boundary + connected-components baseline behind the same preprocessing, sliding
+    window and output mapping as ``WeakSegPredictor`` (so both are scored and timed alike)."""
+
+    def __init__(self, network, min_voxels: int = 20, **kwargs) -> None:
+        super().__init__(network, **kwargs)
+        self.min_voxels = min_voxels
+
+    def dense_module(self) -> torch.nn.Module:
+        return self.network
+
+    @torch.inference_mode()
+    def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from scipy import ndimage
+
+        from weakseg_monai.networks.baseline import semantic_to_instances
+
+        self.network.eval()
+        shape = tuple(x.shape[1:])
+        batch, _ = self.pad(x)
+        classes = self.dense(batch)[0].argmax(dim=0)[: shape[0], : shape[1], : shape[2]].cpu().numpy()
+        instances = semantic_to_instances(classes, self.min_voxels)
+        slices = ndimage.find_objects(instances)
+        boxes = torch.tensor(
+            [[s.start for s in sl] + [s.stop for s in sl] for sl in slices if sl is not None], dtype=torch.float32
+        ).reshape(-1, 6)
+        return {
+            "boxes": boxes,
+            "scores": torch.ones(len(boxes)),
+            "labels": torch.zeros(len(boxes), dtype=torch.long),
+            "instances": torch.from_numpy(instances),
         }

@@ -1,6 +1,7 @@
 """Networks: VoxRes backbone, detection and mask heads, and the whole weak-annotation model."""
 
 from weakseg_monai.networks.backbone import VoxResBackbone, VoxResBlock
+from weakseg_monai.networks.baseline import VoxResSegNet
 from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet, WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
 
@@ -10,6 +11,7 @@ __all__ = [
     "VoxResBackbone",
     "VoxResBlock",
     "VoxResDetectorNet",
+    "VoxResSegNet",
     "WeakInstanceSegNet",
     "WeakInstanceSegNetExport",
 ]

@@ -1,10 +1,11 @@
 """MONAI-style dictionary transforms for weak annotation (loading, working spacing, crop bookkeeping)."""
 
 from weakseg_monai.transforms.dictionary import (
+    InstancesToSemanticd,
     LoadWeakAnnotationd,
     MarkCutBoxesd,
     ResampleToSpacingd,
     resample_volume,
 )
 
-__all__ = ["LoadWeakAnnotationd", "MarkCutBoxesd", "ResampleToSpacingd", "resample_volume"]
+__all__ = ["InstancesToSemanticd", "LoadWeakAnnotationd", "MarkCutBoxesd", "ResampleToSpacingd", "resample_volume"]

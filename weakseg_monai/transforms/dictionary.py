@@ -192,3 +192,19 @@ class MarkCutBoxesd(MapTransform):
         original = np.asarray(d["box_volume"], dtype=np.float32).reshape(-1)
         d["box_ignore"] = (volume < self.min_visible * np.maximum(original, 1e-6)).astype(np.uint8)
         return d
+
+
+class InstancesToSemanticd(MapTransform):
+    """Instance volume ``(1, X, Y, Z)`` -> 3-class target (background / interior / boundary) for the baseline."""
+
+    def __init__(self, keys: KeysCollection = "instances", output_key: str = "label") -> None:
+        super().__init__(keys)
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        from weakseg_monai.networks.baseline import instances_to_semantic
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = torch.from_numpy(instances_to_semantic(np.asarray(d[key])[0])[None])
+        return d

@@ -1,0 +1,100 @@
+"""The paper's comparison method: VoxResNet with a boundary class + 3D connected components.
+
+The same ``VoxResBackbone`` as the weak model, a small up-convolution decoder to full resolution and
+three classes (background / cell interior / cell boundary), trained from **full** voxel masks.
+Instances are the 6-connected components of the interior, grown back into interior and boundary voxels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.networks.layers.utils import get_norm_layer
+from scipy import ndimage
+from skimage.segmentation import expand_labels
+from torch import Tensor, nn
+
+from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
+from weakseg_monai.networks.detector import DEFAULT_BLOCKS, DEFAULT_CHANNELS, DEFAULT_STRIDES
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+
+
+class VoxResSegNet(nn.Module):
+    """``(N, 1, X, Y, Z)`` -> ``(N, 3, X, Y, Z)`` logits (background, interior, boundary).
+
+    Decoder: the merged stride-(4, 4, 2) level is up-convolved to the stem level, added, refined, and
+    up-convolved by the stem stride to full resolution. Working spacing and intensity rule are buffers,
+    as in ``WeakInstanceSegNet``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 3,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
+        blocks: Sequence[int] = DEFAULT_BLOCKS,
+        norm: str | tuple = ("group", {"num_groups": 8}),
+        working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
+        intensity_percentiles: Sequence[float] = (1.0, 99.8),
+    ) -> None:
+        super().__init__()
+        self.register_buffer("working_spacing", torch.tensor([float(v) for v in working_spacing]))
+        self.register_buffer("intensity_percentiles", torch.tensor([float(v) for v in intensity_percentiles]))
+        self.backbone = VoxResBackbone(in_channels, channels, strides, blocks, norm)
+        c0, c1 = self.backbone.channels[0], self.backbone.channels[1]
+        s0, s1 = self.backbone.strides[0], self.backbone.strides[1]
+        self.up1 = nn.ConvTranspose3d(c1, c0, kernel_size=s1, stride=s1)
+        self.refine = nn.Sequential(
+            get_norm_layer(norm, spatial_dims=3, channels=c0), nn.ReLU(), nn.Conv3d(c0, c0, 3, padding=1, bias=False)
+        )
+        self.up0 = nn.ConvTranspose3d(c0, c0, kernel_size=s0, stride=s0)
+        self.head = nn.Sequential(
+            get_norm_layer(norm, spatial_dims=3, channels=c0), nn.ReLU(), nn.Conv3d(c0, num_classes, 1)
+        )
+
+    def size_divisor(self) -> tuple[int, int, int]:
+        return self.backbone.size_divisor()
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_divisible(images.shape[2:], self.size_divisor())
+        feats = self.backbone(images)
+        x = feats[0] + self.up1(feats[1])
+        x = x + self.refine(x)
+        return self.head(self.up0(x))
+
+
+def instances_to_semantic(instances: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) instance labels -> classes: 0 background, 1 interior, 2 boundary (a face neighbour differs)."""
+    inst = np.asarray(instances)
+    boundary = np.zeros(inst.shape, dtype=bool)
+    for axis in range(inst.ndim):
+        lo = [slice(None)] * inst.ndim
+        hi = [slice(None)] * inst.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        differ = inst[tuple(lo)] != inst[tuple(hi)]
+        boundary[tuple(lo)] |= differ
+        boundary[tuple(hi)] |= differ
+    classes = np.where(inst > 0, np.where(boundary, BOUNDARY, INTERIOR), BACKGROUND)
+    return classes.astype(np.uint8)
+
+
+def semantic_to_instances(classes: np.ndarray, min_voxels: int = 20, grow: int = 3) -> np.ndarray:
+    """3D connected components (6-connected) of the interior, grown back into interior + boundary voxels.
+
+    Components smaller than ``min_voxels`` are dropped. Returns int32 labels 1..n.
+    """
+    classes = np.asarray(classes)
+    seeds, n = ndimage.label(classes == INTERIOR)
+    if n:
+        sizes = np.bincount(seeds.ravel(), minlength=n + 1)
+        keep = sizes >= min_voxels
+        keep[0] = False
+        lookup = np.zeros(n + 1, dtype=np.int32)
+        lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        seeds = lookup[seeds]
+    grown = expand_labels(seeds, distance=grow)
+    return np.where(classes != BACKGROUND, grown, 0).astype(np.int32)
