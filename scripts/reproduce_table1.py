@@ -38,7 +38,6 @@ from weakseg_monai.data.datalist import load_section  # noqa: E402
 from weakseg_monai.data.synthetic import write_synthetic_dataset  # noqa: E402
 from weakseg_monai.engines.evaluator import score_item  # noqa: E402
 from weakseg_monai.inference import BaselinePredictor, WeakSegPredictor  # noqa: E402
-from weakseg_monai.metrics import ctc_seg  # noqa: E402
 from weakseg_monai.networks import VoxResSegNet, WeakInstanceSegNet  # noqa: E402
 from weakseg_monai.transforms import LoadWeakAnnotationd  # noqa: E402
 
@@ -72,7 +71,7 @@ def train(config: str, run_dir: Path, overrides: dict) -> float:
 
 
 def evaluate(predictor, items: list[dict]) -> dict:
-    rows, seg = [], []
+    rows = []
     loader = LoadWeakAnnotationd(load_gt=True)
     for item in items:
         d = loader(item)
@@ -81,11 +80,10 @@ def evaluate(predictor, items: list[dict]) -> dict:
         pred["seconds"] = time.perf_counter() - start
         gt = {"id": d["id"], "box": np.asarray(d["box"]), "gt_instances": np.asarray(d["gt_instances"])[0]}
         rows.append(score_item(pred, gt))
-        seg.append(ctc_seg(gt["gt_instances"], pred["instances"]))
     return {
         "det_f1": float(np.mean([r["det_f1"] for r in rows])),
         "seg_f1": float(np.mean([r["seg_f1"] for r in rows])),
-        "ctc_seg": float(np.mean(seg)),
+        "ctc_seg": float(np.mean([r["ctc_seg"] for r in rows])),
         "seconds_per_stack": float(np.mean([r["seconds"] for r in rows])),
     }
 

@@ -86,7 +86,7 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
     evaluation.run()
     metrics = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
     assert [row["id"] for row in metrics["items"]] == ["test_000"]
-    assert {"det_f1", "seg_f1", "mean_matched_iou"} <= set(metrics["mean"])
+    assert {"det_f1", "seg_f1", "mean_matched_iou", "ctc_seg", "ctc_det"} <= set(metrics["mean"])
     assert (tmp_path / "runs" / "evaluate" / "metrics.md").read_text().count("test_000") == 1
 
 
@@ -206,17 +206,37 @@ def test_ckpt_export_scripts_the_dense_network(tmp_path):
 @pytest.mark.slow
 def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path):
     """train_baseline.json on the first k stacks with full masks, then inference_baseline.json on its model."""
-    workflow = _workflow("train_baseline.json", bundle_root=str(tmp_path), dataset_dir=str(tiny_bundle_data),
-                         epochs=1, val_interval=1, n_stacks=1, patch_size=[48, 48, 16])
+    workflow = _workflow(
+        "train_baseline.json",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tiny_bundle_data),
+        epochs=1,
+        val_interval=1,
+        n_stacks=1,
+        patch_size=[48, 48, 16],
+    )
     assert len(workflow.parser.get_parsed_content("train#dataset")) == 1
     workflow.run()
     workflow.finalize()
     ckpt = tmp_path / "runs" / "train_baseline" / "models" / "model.pt"
     assert ckpt.is_file()
-    result = run_cli("-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference_baseline.json"),
-                     "--bundle_root", str(tmp_path), "--ckpt_path", str(ckpt),
-                     "--input_dir", str(tiny_bundle_data / "images" / "test_000.nii.gz"), "--output_dir",
-                     str(tmp_path / "out"), "--preview", "false")
+    result = run_cli(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference_baseline.json"),
+        "--bundle_root",
+        str(tmp_path),
+        "--ckpt_path",
+        str(ckpt),
+        "--input_dir",
+        str(tiny_bundle_data / "images" / "test_000.nii.gz"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--preview",
+        "false",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     labels = read_volume(tmp_path / "out" / "test_000_instances.nii.gz")
     assert labels.shape == read_volume(tiny_bundle_data / "images" / "test_000.nii.gz").shape

@@ -17,6 +17,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from weakseg_monai.engines.trainer import _flatten
 from weakseg_monai.inference.predictor import WeakSegPredictor
+from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, segmentation_f1
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class WeakSegEvaluator(SupervisedEvaluator):
 
 
 def score_item(pred: dict, gt: dict, det_iou: float = 0.4, seg_iou: float = 0.5) -> dict:
-    """Per-item row: detection F1 (3D IoU > det_iou) and, with ``gt_instances``, segmentation F1."""
+    """Per-item row: detection F1 (3D IoU > det_iou) and, with ``gt_instances``, segmentation F1 and CTC
+    SEG / DET."""
     det = detection_f1(gt["box"], pred["boxes"], det_iou)
     row = {
         "id": gt["id"],
@@ -83,6 +85,8 @@ def score_item(pred: dict, gt: dict, det_iou: float = 0.4, seg_iou: float = 0.5)
             seg_precision=seg["precision"],
             seg_recall=seg["recall"],
             mean_matched_iou=seg["mean_matched_iou"],
+            ctc_seg=ctc_seg(gt["gt_instances"], pred["instances"]),
+            ctc_det=ctc_det(gt["gt_instances"], pred["instances"])["det"],
         )
     row["seconds"] = float(pred.get("seconds", float("nan")))
     return row
