@@ -12,7 +12,6 @@ Compares ``weakseg_monai.layers.roi_align_3d`` (all RoIs at once) with
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from weakseg_monai.layers.roi_align import roi_align_3d
+from weakseg_monai.utils.machine import cpu_name
 
 
 def grid_sample_roi_align(features: torch.Tensor, rois: torch.Tensor, out: int, ratio: int) -> torch.Tensor:
@@ -49,17 +49,6 @@ def grid_sample_roi_align(features: torch.Tensor, rois: torch.Tensor, out: int, 
     sampled = sampled.view(n, c, per_image, p, p, p).permute(0, 2, 1, 3, 4, 5).reshape(k, c, p, p, p)
     sampled = sampled * valid[:, None].to(sampled.dtype)
     return F.avg_pool3d(sampled, ratio)
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where there is one, else what platform knows."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(fn, features: torch.Tensor, repeats: int) -> float:

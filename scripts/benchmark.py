@@ -29,8 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO))
 
-from bench_roi_align import cpu_name, format_rows  # noqa: E402
+from bench_roi_align import format_rows  # noqa: E402
 from bench_roi_align import run as roi_align_rows  # noqa: E402
+
+from weakseg_monai.utils.machine import cpu_name  # noqa: E402
 
 DOC = REPO / "bundle" / "docs" / "README.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"

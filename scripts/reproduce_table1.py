@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,16 +39,7 @@ from weakseg_monai.engines.evaluator import score_item  # noqa: E402
 from weakseg_monai.inference import BaselinePredictor, WeakSegPredictor  # noqa: E402
 from weakseg_monai.networks import VoxResSegNet, WeakInstanceSegNet  # noqa: E402
 from weakseg_monai.transforms import LoadWeakAnnotationd  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from weakseg_monai.utils.machine import cpu_name  # noqa: E402
 
 
 def train(config: str, run_dir: Path, overrides: dict) -> float:
