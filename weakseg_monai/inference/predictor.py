@@ -142,7 +142,7 @@ class BaselinePredictor(WeakSegPredictor):
     """The VoxResNet + boundary + connected-components baseline behind the same preprocessing, sliding
     window and output mapping as ``WeakSegPredictor`` (so both are scored and timed alike)."""
 
-    def __init__(self, network, min_voxels: int = 20, **kwargs) -> None:
+    def __init__(self, network, min_voxels: int = 10, **kwargs) -> None:
         super().__init__(network, **kwargs)
         self.min_voxels = min_voxels
 
