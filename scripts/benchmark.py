@@ -38,6 +38,15 @@ DOC = REPO / "bundle" / "docs" / "README.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
+def peak_rss_gb() -> float:
+    """This process's own peak RSS (VmHWM). ``ru_maxrss`` would report the parent's peak after fork + exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
     """One end-to-end inference in this process; returns times, peak RSS and scores."""
     from weakseg_monai.data.synthetic import boxes_from_instances
@@ -110,7 +119,7 @@ def train_step_times(repeats: int = 3) -> dict:
         for _ in range(repeats):
             fn()
         result[name] = (time.perf_counter() - start) / repeats
-    result["maxrss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    result["maxrss_gb"] = peak_rss_gb()
     return result
 
 
@@ -123,13 +132,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update bundle/docs/README.md")
-    parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "baseline", "train-step"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--gt", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker == "train-step":
+        print(json.dumps(train_step_times()))
+        return
     if args.worker:
         ckpt = args.ckpt if args.worker == "ours" else args.baseline_ckpt
         print(json.dumps(worker(args.worker, Path(args.image), Path(args.gt), Path(ckpt), Path(args.out))))
@@ -169,7 +181,16 @@ def main() -> None:
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ))
         rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
-    steps = train_step_times()
+    steps = json.loads(
+        subprocess.run(
+            [sys.executable, __file__, "--worker", "train-step", "--threads", str(torch.get_num_threads())],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     roi = roi_align_rows()
 
     lines = [
@@ -177,7 +198,7 @@ def main() -> None:
         f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, CPU only.",
         "",
-        f"Inference end to end (read TIFF -> resample -> network -> NMS / components -> paste -> write NIfTI-free "
+        f"Inference end to end (read TIFF -> resample -> network -> NMS / components -> paste -> write "
         f"TIFF), stack {LARGE_SHAPE[0]} x {LARGE_SHAPE[1]} x {LARGE_SHAPE[2]} (x, y, z) at 0.125 x 0.125 x 0.2 µm "
         f"with {int(labels.max())} nuclei, each method in a fresh process (Python start-up and imports not counted):",
         "",

@@ -65,3 +65,15 @@ def test_read_errors_are_clear(tmp_path):
         write_volume(tmp_path / "v.png", _volume())
     with pytest.raises(ValueError, match="3D"):
         write_volume(tmp_path / "v.nii.gz", np.zeros((4, 4)))
+
+
+def test_fast_tiff_reader_matches_monai_loadimage(tmp_path):
+    from monai.transforms import LoadImage
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 4000, size=(5, 9, 13), dtype=np.uint16)  # stored (z, y, x)
+    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    ours = read_volume(tmp_path / "s.tif")
+    monai = np.asarray(LoadImage(image_only=True, dtype=None)(str(tmp_path / "s.tif")))
+    assert ours.shape == monai.shape == (13, 9, 5)
+    np.testing.assert_array_equal(ours, monai)
