@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, is_tiff, read_volume, resolve_spacing, write_volume
+from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
 from weakseg_monai.data.preview import save_preview
 
 logger = logging.getLogger(__name__)
@@ -144,4 +144,4 @@ def run_inference(predictor, input_path: str | Path, output_dir: str | Path, pre
     return summaries
 
 
-__all__ = ["run_inference", "save_prediction", "list_inputs", "load_input", "is_tiff"]
+__all__ = ["run_inference", "save_prediction", "list_inputs", "load_input"]

@@ -4,7 +4,7 @@ rotations, zoom and ``ClipBoxToImaged``).
 
 Keys produced by ``LoadWeakAnnotationd`` (all spatial values (x, y, z), boxes StandardMode in voxels):
 
-- ``image``: ``(1, X, Y, Z)`` float32 MetaTensor (its affine is kept for writing NIfTI outputs);
+- ``image``: ``(1, X, Y, Z)`` float32 tensor;
 - ``instances``: ``(1, X, Y, Z)`` int32, value = ``instance_id`` of an annotated instance, 0 elsewhere;
 - ``box (G, 6)`` float32, ``label (G,)`` int64, ``mask_annotated (G,)`` uint8, ``instance_id (G,)`` int64,
   ``box_volume (G,)`` float32 (volume before any crop, for ``MarkCutBoxesd``);
@@ -20,12 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform
+from monai.transforms import MapTransform
 
 from weakseg_monai.conventions import as_boxes, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
-from weakseg_monai.data.io import resolve_spacing
+from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
 
 logger = logging.getLogger(__name__)
@@ -39,7 +38,9 @@ def _per_box(d: Mapping, key: str, n: int, default, dtype) -> np.ndarray:
 class LoadWeakAnnotationd(MapTransform):
     """Load one datalist item (paths already absolute) into image, instance volume and per-box arrays.
 
-    Reads through MONAI's ``LoadImage`` (NIfTI and TIFF, (x, y, z)); the spacing follows the project's rule.
+    Reads through ``weakseg_monai.data.io.read_volume`` (MONAI ``LoadImage`` for NIfTI, the equivalent fast
+    tifffile path for TIFF; (x, y, z) either way), the one reader of the project; the spacing follows the
+    project's rule.
     The item's fields are checked first with the validator's own checks, so a bad item fails here with
     the validator's message.
 
@@ -56,10 +57,11 @@ class LoadWeakAnnotationd(MapTransform):
         self.mask_fraction = mask_fraction
         self.seed = seed
         self.load_gt = load_gt
-        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=None)
 
-    def _read(self, path: str) -> MetaTensor:
-        return self.loader(path)
+    @staticmethod
+    def _read(path: str) -> torch.Tensor:
+        """``(1, X, Y, Z)`` (or ``(1, X, Y)`` / ``(1, X, Y, Z, C)`` for bad inputs, rejected by the caller)."""
+        return torch.from_numpy(np.ascontiguousarray(read_volume(path)))[None]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -67,7 +69,7 @@ class LoadWeakAnnotationd(MapTransform):
         raise_for_problems(check_item(d, where=f"item {name}", read_volumes=False))
         image_path = str(d["image"])
         image = self._read(image_path)
-        if image.ndim != 4 or image.shape[0] != 1:
+        if image.ndim != 4:
             raise ValueError(f"item {name}: image must be a single-channel 3D volume, got shape {tuple(image.shape)}")
         spatial = tuple(image.shape[1:])
         try:
