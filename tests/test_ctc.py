@@ -137,3 +137,5 @@ def test_score_cli_prints_a_table_and_writes_json(tmp_path):
     assert "| mean | 1.0000 | 1.0000 |" in result.stdout
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["mean"]["ctc_seg"] == 1.0 and len(scores["items"]) == 2
+    default = run_cli("-m", "weakseg_monai", "score", "--gt", str(gt_dir), "--pred", str(pred_dir))
+    assert default.returncode == 0 and (pred_dir / "scores.json").is_file()

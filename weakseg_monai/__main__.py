@@ -78,7 +78,8 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
 def score(gt: str, pred: str, out: str = "") -> None:
     """Score predicted label volumes in PRED against ground truth in GT (det F1, seg F1, CTC SEG / DET).
 
-    Files pair by name (``NAME_instances.*`` or ``NAME.*`` for ``NAME[_gt].*``); ``--out`` writes JSON.
+    Files pair by name (``NAME_instances.*`` or ``NAME.*`` for ``NAME[_gt].*``); the JSON goes to ``--out``
+    (default PRED/scores.json).
     """
     import json
 
@@ -90,9 +91,9 @@ def score(gt: str, pred: str, out: str = "") -> None:
     print("|" + "---|" * len(columns))
     for row in result["items"] + [dict(result["mean"], id="mean")]:
         print("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
-    if out:
-        Path(out).write_text(json.dumps(result, indent=4))
-        print(f"wrote {out}")
+    out_path = Path(out) if out else Path(pred) / "scores.json"
+    out_path.write_text(json.dumps(result, indent=4))
+    print(f"wrote {out_path}")
 
 
 def budget(dataset_dir: str, mask_fraction: float = 0.2, mask_cost: float = 30.0, box_cost: float = 1.0) -> None:
