@@ -49,7 +49,7 @@ def peak_rss_gb() -> float:
 
 def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
     """One end-to-end inference in this process; returns times, peak RSS and scores."""
-    from weakseg_monai.data.synthetic import boxes_from_instances
+    from weakseg_monai.data.instances import boxes_from_instances
     from weakseg_monai.inference import BaselinePredictor, WeakSegPredictor
     from weakseg_monai.inference.writer import load_input, save_prediction
     from weakseg_monai.metrics import detection_f1, segmentation_f1

@@ -11,8 +11,9 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, verify_metadata
 
+from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.io import read_volume, write_volume
-from weakseg_monai.data.synthetic import NucleusModel, boxes_from_instances, generate_stack, write_synthetic_dataset
+from weakseg_monai.data.synthetic import NucleusModel, generate_stack, write_synthetic_dataset
 from weakseg_monai.inference import WeakSegPredictor, run_inference
 from weakseg_monai.metrics import detection_f1
 from weakseg_monai.networks import WeakInstanceSegNet

@@ -7,7 +7,8 @@ import pytest
 import torch
 from monai.data.box_utils import box_iou
 
-from weakseg_monai.data.synthetic import NucleusModel, boxes_from_instances, generate_stack
+from weakseg_monai.data.instances import boxes_from_instances
+from weakseg_monai.data.synthetic import NucleusModel, generate_stack
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.utils.anchors import anchor_shapes_from_boxes
 

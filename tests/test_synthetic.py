@@ -7,8 +7,9 @@ import pytest
 from scipy import ndimage
 
 from weakseg_monai.data.datalist import partial_mask_from_instances, read_datalist, resolve_paths, select_annotated
+from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.io import read_volume
-from weakseg_monai.data.synthetic import DEFAULT_SPACING, boxes_from_instances, generate_stack
+from weakseg_monai.data.synthetic import DEFAULT_SPACING, generate_stack
 from weakseg_monai.data.validate import validate_dataset
 
 from .conftest import BUNDLE_DIR, run_cli

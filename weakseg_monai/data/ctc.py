@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated, write_datalist
+from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
 from weakseg_monai.data.io import read_volume, write_volume
-from weakseg_monai.data.synthetic import boxes_from_instances
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,6 @@ PAPER_SPLIT: dict[str, list[tuple[str, Iterable[int]]]] = {
     "training": [("01", range(0, 71, 10)), ("02", range(0, 41, 10))],
     "test": [("01", range(80, 150)), ("02", range(50, 80))],
 }
-
-
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Instance labels renumbered 1..n in order of first appearance by value (0 stays background)."""
-    values = np.unique(labels)
-    values = values[values != 0]
-    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
-    lookup[values] = np.arange(1, len(values) + 1, dtype=np.int32)
-    return lookup[labels]
 
 
 def from_ctc(

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from weakseg_monai.conventions import as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated, write_datalist
+from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.io import write_volume
 
 logger = logging.getLogger(__name__)
@@ -213,17 +214,6 @@ def generate_stack(
     counts_img += model.camera_offset + model.read_noise * rng.standard_normal(shape, dtype=np.float32)
     image = np.clip(np.round(counts_img), 0, np.iinfo(np.uint16).max).astype(np.uint16)
     return image, labels
-
-
-def boxes_from_instances(instances: np.ndarray, n: int | None = None) -> np.ndarray:
-    """Half-open boxes ``(n, 6)`` of labels 1..n (what ``convert_mask_to_box`` gives per instance)."""
-    n = int(instances.max()) if n is None else n
-    boxes = np.zeros((n, 6), dtype=np.int64)
-    for k, sl in enumerate(ndimage.find_objects(instances, max_label=n)):
-        if sl is None:
-            raise ValueError(f"instance {k + 1} has no voxels")
-        boxes[k] = [s.start for s in sl] + [s.stop for s in sl]
-    return boxes
 
 
 def write_synthetic_dataset(

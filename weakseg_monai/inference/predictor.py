@@ -153,8 +153,7 @@ class BaselinePredictor(WeakSegPredictor):
 
     @torch.inference_mode()
     def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from scipy import ndimage
-
+        from weakseg_monai.data.instances import boxes_from_instances
         from weakseg_monai.networks.baseline import semantic_to_instances
 
         self.network.eval()
@@ -162,10 +161,7 @@ class BaselinePredictor(WeakSegPredictor):
         batch, _ = self.pad(x)
         classes = self.dense(batch)[0].argmax(dim=0)[: shape[0], : shape[1], : shape[2]].cpu().numpy()
         instances = semantic_to_instances(classes, self.min_voxels)
-        slices = ndimage.find_objects(instances)
-        boxes = torch.tensor(
-            [[s.start for s in sl] + [s.stop for s in sl] for sl in slices if sl is not None], dtype=torch.float32
-        ).reshape(-1, 6)
+        boxes = torch.from_numpy(boxes_from_instances(instances)).float()
         return {
             "boxes": boxes,
             "scores": torch.ones(len(boxes)),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
 from weakseg_monai.data.io import read_volume
-from weakseg_monai.data.synthetic import boxes_from_instances
 from weakseg_monai.inference.writer import INPUT_SUFFIXES, _stem
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, segmentation_f1
@@ -35,7 +35,7 @@ def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Pat
 
 def score_pair(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """Detection F1 (boxes of the labels, 3D IoU > 0.4), segmentation F1 (IoU > 0.5), CTC SEG and DET."""
-    det = detection_f1(boxes_from_instances(_consecutive(gt)), boxes_from_instances(_consecutive(pred)))
+    det = detection_f1(boxes_from_instances(relabel_consecutive(gt)), boxes_from_instances(relabel_consecutive(pred)))
     seg = segmentation_f1(gt, pred)
     return {
         "det_f1": det["f1"],
@@ -46,12 +46,6 @@ def score_pair(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "n_gt": seg["tp"] + seg["fn"],
         "n_pred": seg["tp"] + seg["fp"],
     }
-
-
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    from weakseg_monai.data.ctc import relabel_consecutive
-
-    return relabel_consecutive(np.asarray(labels).astype(np.int64))
 
 
 def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> dict:

@@ -24,6 +24,7 @@ from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import clip_boxes_to_image
 from torch import Tensor, nn
 
+from weakseg_monai.conventions import label_to_class_index
 from weakseg_monai.losses.box_loss import box_loss
 from weakseg_monai.losses.partial_mask import partial_mask_loss, project_masks_on_boxes
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
@@ -217,7 +218,7 @@ class WeakInstanceSegNet(nn.Module):
                 neg_scores = 1.0 - torch.softmax(cls_logits[i].detach().float(), dim=1)[:, 0]
             pos, neg = sample_anchors(matched, neg_scores, self.neg_pos_ratio, self.min_negatives)
             classes = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
-            classes[pos] = gt_labels[matched[pos]] + 1
+            classes[pos] = label_to_class_index(gt_labels[matched[pos]])
             all_pos.append(pos + i * num_anchors)
             all_neg.append(neg + i * num_anchors)
             all_classes.append(classes)
