@@ -21,9 +21,8 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import ScaleIntensityRangePercentiles
 
-from weakseg_monai.conventions import as_spacing
 from weakseg_monai.networks.detector import WeakInstanceSegNet
-from weakseg_monai.transforms.dictionary import resample_volume
+from weakseg_monai.transforms.dictionary import resample_volume, working_shape
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +61,13 @@ class WeakSegPredictor:
 
     def preprocess(self, image: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
         """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing, and the zoom."""
-        old = np.asarray(image.shape[1:])
-        new = np.maximum(np.round(old * np.asarray(as_spacing(spacing)) / np.asarray(self.working_spacing)), 1)
-        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new.astype(int))
+        new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
+        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new)
         lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
         x = ScaleIntensityRangePercentiles(lower, upper, b_min=0.0, b_max=1.0, clip=False)(x)
         if isinstance(x, MetaTensor):  # plain tensor: MetaTensor dispatch costs ~0.25 s per large stack
             x = x.as_tensor()
-        return torch.as_tensor(x, dtype=torch.float32), new / old
+        return torch.as_tensor(x, dtype=torch.float32), zoom
 
     def dense_module(self) -> torch.nn.Module:
         """The part that runs per window: the detector's dense network (backbone + detection head)."""

@@ -106,6 +106,19 @@ class LoadWeakAnnotationd(MapTransform):
         return d
 
 
+def working_shape(
+    shape: Sequence[int], spacing: Sequence[float], working_spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel grid of a volume at the working spacing: ``(new shape, zoom = new / old)`` per axis (x, y, z).
+
+    The one rounding rule shared by training (``ResampleToSpacingd``) and inference (``WeakSegPredictor``).
+    """
+    old = np.asarray(shape, dtype=np.int64)
+    factor = np.asarray(as_spacing(spacing)) / np.asarray(as_spacing(working_spacing))
+    new = np.maximum(np.round(old * factor).astype(np.int64), 1)
+    return new, new / old
+
+
 def resample_volume(volume: torch.Tensor, size: Sequence[int], labels: bool = False) -> torch.Tensor:
     """Edge-aligned resampling of a ``(C, X, Y, Z)`` volume to ``size``.
 
@@ -155,11 +168,7 @@ class ResampleToSpacingd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        first = d[self.first_key(d)]
-        old = np.asarray(first.shape[1:])
-        factor = np.asarray(as_spacing(d["spacing"])) / self.working_spacing
-        new = np.maximum(np.round(old * factor).astype(int), 1)
-        zoom = new / old
+        new, zoom = working_shape(d[self.first_key(d)].shape[1:], d["spacing"], self.working_spacing)
         for key in self.key_iterator(d):
             d[key] = resample_volume(torch.as_tensor(d[key]), new)
         for key in self.label_keys:
