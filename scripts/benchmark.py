@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,8 +84,8 @@ def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
     }
 
 
-def train_step_times(repeats: int = 3) -> dict:
-    """Seconds of one training step (batch 2 of 64 x 64 x 32) of the whole model vs the backbone alone."""
+def train_step_times(repeats: int = 9) -> dict:
+    """Median seconds of one training step (batch 2 of 64 x 64 x 32) of the whole model vs the backbone alone."""
     from weakseg_monai.networks import WeakInstanceSegNet
 
     model = WeakInstanceSegNet().train()
@@ -112,13 +113,16 @@ def train_step_times(repeats: int = 3) -> dict:
         loss.backward()
         opt.step()
 
-    result = {}
-    for name, fn in (("full", full), ("backbone", backbone)):
-        fn()
-        start = time.perf_counter()
-        for _ in range(repeats):
+    # interleaved rounds and medians: this machine's background load moves single timings by +-30 %
+    times: dict[str, list[float]] = {"full": [], "backbone": []}
+    full()
+    backbone()
+    for _ in range(repeats):
+        for name, fn in (("full", full), ("backbone", backbone)):
+            start = time.perf_counter()
             fn()
-        result[name] = (time.perf_counter() - start) / repeats
+            times[name].append(time.perf_counter() - start)
+    result = {name: statistics.median(values) for name, values in times.items()}
     result["maxrss_gb"] = peak_rss_gb()
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.apps.detection.transforms.dictionary import ClipBoxToImaged
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from monai.utils import set_determinism
@@ -12,7 +13,7 @@ from monai.utils import set_determinism
 from weakseg_monai.data.datalist import load_section, write_datalist
 from weakseg_monai.data.io import write_volume
 from weakseg_monai.data.validate import DatasetError
-from weakseg_monai.transforms import LoadWeakAnnotationd, MarkCutBoxesd, ResampleToSpacingd
+from weakseg_monai.transforms import LoadWeakAnnotationd, MarkCutBoxesd, RandZoomBoxVolumed, ResampleToSpacingd
 
 from .conftest import BUNDLE_DIR, make_tiny_item
 
@@ -51,6 +52,25 @@ def test_mark_cut_boxes_flags_less_than_half_visible():
         "box_volume": np.array([1000, 1000], dtype=np.float32),
     }
     assert MarkCutBoxesd(min_visible=0.5)(d)["box_ignore"].tolist() == [0, 1]
+
+
+def test_zoom_keeps_box_volume_in_zoomed_voxels_and_flags_what_it_cuts():
+    """A keep-size zoom-in crops the patch again: the box it pushes half out is flagged, the central one not."""
+    d = {
+        "image": torch.zeros(1, 40, 40, 20),
+        "box": np.array([[16, 16, 8, 24, 24, 12], [0, 10, 8, 8, 18, 12]], dtype=np.float32),
+        "box_volume": np.array([256, 256], dtype=np.float32),
+    }
+    zoom = RandZoomBoxVolumed("image", "box", "image", prob=1.0, min_zoom=1.5, max_zoom=1.5, keep_size=True)
+    out = zoom(d)
+    np.testing.assert_allclose(out["box_volume"], [256 * 1.5**3] * 2, rtol=1e-5)
+    central = np.asarray(out["box"])[0]
+    assert np.prod(central[3:] - central[:3]) == pytest.approx(256 * 1.5**3, rel=1e-5)
+    out = ClipBoxToImaged("box", ["box_volume"], "image", remove_empty=True)(out)
+    assert MarkCutBoxesd(min_visible=0.5)(out)["box_ignore"].tolist() == [0, 1]
+    # without the zoom (prob 0) nothing changes
+    same = RandZoomBoxVolumed("image", "box", "image", prob=0.0, min_zoom=1.5, max_zoom=1.5)(d)
+    np.testing.assert_array_equal(same["box_volume"], d["box_volume"])
 
 
 def test_loader_fails_fast_with_the_validator_message(tiny_dataset):

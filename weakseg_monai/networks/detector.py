@@ -118,7 +118,7 @@ class WeakInstanceSegNet(nn.Module):
         hard_negatives: bool = True,
         reg_weight: float = 1.0,
         smooth_l1_beta: float = 1.0 / 9.0,
-        mask_rois_per_image: int = 16,
+        mask_rois_per_image: int = 8,
         score_thresh: float = 0.5,
         nms_thresh: float = 0.3,
         topk_candidates: int = 1000,

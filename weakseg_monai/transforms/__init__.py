@@ -4,8 +4,16 @@ from weakseg_monai.transforms.dictionary import (
     InstancesToSemanticd,
     LoadWeakAnnotationd,
     MarkCutBoxesd,
+    RandZoomBoxVolumed,
     ResampleToSpacingd,
     resample_volume,
 )
 
-__all__ = ["InstancesToSemanticd", "LoadWeakAnnotationd", "MarkCutBoxesd", "ResampleToSpacingd", "resample_volume"]
+__all__ = [
+    "InstancesToSemanticd",
+    "LoadWeakAnnotationd",
+    "MarkCutBoxesd",
+    "RandZoomBoxVolumed",
+    "ResampleToSpacingd",
+    "resample_volume",
+]

@@ -19,6 +19,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.apps.detection.transforms.dictionary import RandZoomBoxd
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
@@ -183,12 +184,31 @@ class ResampleToSpacingd(MapTransform):
         return d
 
 
+class RandZoomBoxVolumed(RandZoomBoxd):
+    """MONAI's ``RandZoomBoxd`` that also scales the per-box ``box_volume`` by the zoom it drew.
+
+    Why: with ``keep_size`` a zoom-in crops the patch again, so ``MarkCutBoxesd`` must run after it and
+    compare the clipped boxes with their whole volume *in zoomed voxels*. MONAI keeps the drawn factor
+    in ``rand_zoom._zoom`` (already rounded to whole output voxels); ``box_volume`` is not a ``box_keys``
+    entry, so MONAI leaves it alone.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = super().__call__(data)
+        if self._do_transform and "box_volume" in d:
+            factor = float(np.prod(self.rand_zoom._zoom))
+            d["box_volume"] = (np.asarray(d["box_volume"], dtype=np.float32) * factor).astype(np.float32)
+        return d
+
+
 class MarkCutBoxesd(MapTransform):
-    """After a crop: flag boxes cut to less than ``min_visible`` of their volume (``box_ignore``).
+    """After the last crop/zoom/clip: flag boxes cut to less than ``min_visible`` of their volume
+    (``box_ignore``).
 
     Their anchors are ignored by the loss (neither positive nor negative): a sliver of a nucleus at the
-    patch border is not a fair detection target. Reads ``box_volume`` (carried through the crop as a
-    ``label_keys`` array).
+    patch border is not a fair detection target. Reads ``box_volume`` (the whole box's volume in the
+    current voxels: carried through the crop as a ``label_keys`` array, scaled by ``ResampleToSpacingd``
+    and ``RandZoomBoxVolumed``).
     """
 
     def __init__(self, box_key: str = "box", min_visible: float = 0.5) -> None:
