@@ -84,25 +84,45 @@ def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
     }
 
 
+def training_batch(batch_size: int, patch: tuple[int, int, int], seed: int = 0, annotated: float = 0.3):
+    """A synthetic training batch at the working spacing: ``(images (B, 1, X, Y, Z), targets)``, nuclei
+    cut by the patch border included, ``annotated`` of the boxes with a voxel mask (the rest box-only)."""
+    from weakseg_monai.data.instances import boxes_from_instances
+    from weakseg_monai.data.synthetic import NucleusModel, generate_stack
+
+    rng = np.random.default_rng(seed)
+    cells = max(2, int(np.prod(patch) / 16384))  # ~ the density of the default 128 x 128 x 32 stacks
+    images, targets = [], []
+    for i in range(batch_size):
+        image, instances = generate_stack([seed, i], patch, (0.5, 0.5, 1.0), NucleusModel(n_cells=(cells, cells)))
+        boxes = boxes_from_instances(instances)
+        mask_annotated = rng.random(len(boxes)) < annotated
+        mask_annotated[0] = True
+        kept = np.concatenate([[0], np.nonzero(mask_annotated)[0] + 1]).astype(np.int32)
+        partial = np.where(np.isin(instances, kept), instances, 0)
+        image = image.astype(np.float32)
+        images.append(torch.from_numpy((image - image.mean()) / (image.std() + 1e-6))[None])
+        targets.append(
+            {
+                "box": torch.from_numpy(boxes).float(),
+                "label": torch.zeros(len(boxes), dtype=torch.long),
+                "mask_annotated": torch.from_numpy(mask_annotated),
+                "instances": torch.from_numpy(partial.astype(np.int32)),
+            }
+        )
+    return torch.stack(images), targets
+
+
 def train_step_times(repeats: int = 9) -> dict:
     """Median seconds of one training step (batch 2 of 64 x 64 x 32) of the whole model vs the backbone alone."""
     from weakseg_monai.networks import WeakInstanceSegNet
 
     model = WeakInstanceSegNet().train()
-    x = torch.randn(2, 1, 64, 64, 32)
-    inst = torch.zeros(64, 64, 32, dtype=torch.int32)
-    inst[10:28, 10:28, 5:14] = 1
-    inst[30:50, 35:52, 10:20] = 2
-    target = {
-        "box": torch.tensor([[10, 10, 5, 28, 28, 14], [30, 35, 10, 50, 52, 20]], dtype=torch.float32),
-        "label": torch.zeros(2, dtype=torch.long),
-        "mask_annotated": torch.tensor([True, True]),
-        "instances": inst,
-    }
+    x, targets = training_batch(2, (64, 64, 32))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def full():
-        loss = sum(model(x, [target, target]).values())
+        loss = sum(model(x, targets).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -127,6 +147,58 @@ def train_step_times(repeats: int = 9) -> dict:
     return result
 
 
+def train_memory(batch_size: int = 4, patch: tuple[int, int, int] = (64, 64, 128), steps: int = 3) -> dict:
+    """Peak memory of training steps at the paper's batch (4 x 64 x 64 x 128): on a GPU with AMP (allocated
+    and reserved by PyTorch's caching allocator), else on the CPU in float32 (this process's peak RSS)."""
+    from weakseg_monai.networks import WeakInstanceSegNet
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = WeakInstanceSegNet().to(device).train()
+    x, targets = training_batch(batch_size, patch)
+    x = x.to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast("cuda", enabled=device.type == "cuda"):
+            loss = sum(model(x, targets).values())
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return {
+            "device": torch.cuda.get_device_name(),
+            "amp": True,
+            "peak_allocated_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "peak_reserved_gb": torch.cuda.max_memory_reserved() / 1e9,
+            "s_per_step": (time.perf_counter() - start) / steps,
+        }
+    return {
+        "device": "cpu",
+        "amp": False,
+        "maxrss_gb": peak_rss_gb(),
+        "s_per_step": (time.perf_counter() - start) / steps,
+    }
+
+
+def memory_line(memory: dict) -> str:
+    head = "Training memory, batch 4 of 64 x 64 x 128 (x, y, z): "
+    if memory["device"] == "cpu":
+        return (
+            head + f"no GPU here; on the CPU in float32 the process peaks at {memory['maxrss_gb']:.2f} GB RSS "
+            f"({memory['s_per_step']:.1f} s per step). Run this script on a GPU machine for the AMP number."
+        )
+    return (
+        head + f"{memory['device']}, AMP: peak allocated {memory['peak_allocated_gb']:.2f} GB, reserved "
+        f"{memory['peak_reserved_gb']:.2f} GB ({memory['s_per_step']:.2f} s per step)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default=str(REPO / "bundle" / "models" / "model.pt"))
@@ -136,7 +208,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-write", action="store_true", help="print only, do not update bundle/docs/README.md")
-    parser.add_argument("--worker", choices=["ours", "baseline", "train-step"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "baseline", "train-step", "train-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--gt", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -145,6 +217,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.worker == "train-step":
         print(json.dumps(train_step_times()))
+        return
+    if args.worker == "train-memory":
+        print(json.dumps(train_memory()))
         return
     if args.worker:
         ckpt = args.ckpt if args.worker == "ours" else args.baseline_ckpt
@@ -185,15 +260,18 @@ def main() -> None:
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ))
         rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
-    steps = json.loads(
-        subprocess.run(
-            [sys.executable, __file__, "--worker", "train-step", "--threads", str(torch.get_num_threads())],
-            capture_output=True,
-            text=True,
-            check=True,
+    steps, memory = (
+        json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--worker", worker, "--threads", str(torch.get_num_threads())],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
         )
-        .stdout.strip()
-        .splitlines()[-1]
+        for worker in ("train-step", "train-memory")
     )
     roi = roi_align_rows()
 
@@ -222,7 +300,9 @@ def main() -> None:
         "",
         f"Training step, batch 2 of 64 x 64 x 32: whole model {steps['full']:.2f} s, backbone only "
         f"{steps['backbone']:.2f} s (ratio {steps['full'] / steps['backbone']:.2f}x), peak RSS "
-        f"{steps['maxrss_gb']:.2f} GB.",
+        f"{steps['maxrss_gb']:.2f} GB (synthetic nuclei, 30 % of them with masks).",
+        "",
+        memory_line(memory),
         "",
         "3D RoIAlign forward + backward, 64 RoIs, 32 channels:",
         "",

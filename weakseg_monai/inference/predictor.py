@@ -122,20 +122,30 @@ class WeakSegPredictor:
         x, zoom = self.preprocess(image, spacing)
         result = self.predict_working(x)
         original = tuple(int(s) for s in image.shape[1:])
-        instances = resample_volume(result["instances"][None].cpu(), original, labels=True)[0]
         boxes = result["boxes"].cpu().numpy() / np.tile(zoom, 2)
         boxes = np.clip(boxes, 0, np.tile(original, 2)).astype(np.float32)
-        # an instance can vanish when resampled back (sub-voxel at the input grid): drop its box too
-        present = np.bincount(instances.numpy().ravel(), minlength=len(boxes) + 1) > 0
-        keep = present[1 : len(boxes) + 1]
-        relabel = np.zeros(len(boxes) + 1, dtype=np.int32)
-        relabel[1:][keep] = np.arange(1, keep.sum() + 1)
-        return {
-            "boxes": boxes[keep],
-            "scores": result["scores"].cpu().numpy()[keep],
-            "labels": result["labels"].cpu().numpy()[keep],
-            "instances": relabel[instances.numpy()],
-        }
+        found = {"boxes": boxes, "scores": result["scores"].cpu().numpy(), "labels": result["labels"].cpu().numpy()}
+        # cropping the padding can leave an instance without voxels: checked on the small working grid
+        working = drop_vanished(result["instances"].cpu(), found)
+        instances = resample_volume(working[None], original, labels=True)[0]
+        if any(o < w for o, w in zip(original, working.shape)):
+            # shrinking back, an instance can vanish (sub-voxel at the input grid). Growing (the usual case)
+            # nearest-exact hits every working voxel, so the full-size output needs no second pass.
+            instances = drop_vanished(instances, found)
+        return dict(found, instances=instances.numpy())
+
+
+def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torch.Tensor:
+    """Drop (in place in ``found``: boxes, scores, labels) the instances with no voxel left in ``instances``
+    (values ``k + 1``) and renumber the rest consecutively; returns the renumbered volume."""
+    present = torch.bincount(instances.flatten(), minlength=len(found["boxes"]) + 1)[1:].numpy() > 0
+    if present.all():
+        return instances
+    for key in found:
+        found[key] = found[key][present]
+    relabel = torch.zeros(len(present) + 1, dtype=instances.dtype)
+    relabel[1:][torch.from_numpy(present)] = torch.arange(1, int(present.sum()) + 1, dtype=instances.dtype)
+    return relabel[instances.long()]
 
 
 class BaselinePredictor(WeakSegPredictor):

@@ -83,9 +83,7 @@ def paste_masks_in_volume(
         )[0, 0]
         region = owner[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         region[sampled > threshold] = k + 1
-    present = torch.zeros(boxes.shape[0] + 1, dtype=torch.bool, device=device)
-    present[owner.long().unique()] = True
-    keep = present[1:]
+    keep = torch.bincount(owner.flatten(), minlength=boxes.shape[0] + 1)[1:] > 0
     relabel = torch.zeros(boxes.shape[0] + 1, dtype=torch.int32, device=device)
     relabel[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32, device=device)
     return relabel[owner.long()], keep

@@ -1,0 +1,40 @@
+"""``WeakSegPredictor`` output mapping: instances and boxes agree one-to-one in the input's own grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from weakseg_monai.data.instances import boxes_from_instances
+from weakseg_monai.data.synthetic import NucleusModel, generate_stack
+from weakseg_monai.inference import WeakSegPredictor
+from weakseg_monai.inference.predictor import drop_vanished
+
+from .test_bundle import shipped_model
+
+
+def test_drop_vanished_removes_empty_instances_and_renumbers():
+    volume = torch.tensor([[[0, 1, 3], [3, 0, 0]]], dtype=torch.int32)
+    found = {"boxes": np.arange(12.0).reshape(3, 4), "scores": np.array([0.9, 0.8, 0.7]), "labels": np.zeros(3)}
+    out = drop_vanished(volume, found)
+    assert out.tolist() == [[[0, 1, 2], [2, 0, 0]]] and out.dtype == torch.int32
+    assert found["scores"].tolist() == [0.9, 0.7] and len(found["boxes"]) == 2
+    assert drop_vanished(out, found) is out  # nothing missing: the same tensor, no copy
+
+
+@pytest.mark.parametrize("spacing", [(0.25, 0.25, 0.5), (1.0, 1.0, 2.0)], ids=["finer-input", "coarser-input"])
+def test_every_box_has_voxels_and_labels_are_consecutive(spacing):
+    """Finer input (labels grow back) and coarser input (labels shrink back, small ones may vanish)."""
+    shape = tuple(int(round(s * 0.5 / p)) for s, p in zip((96, 96, 24), spacing))
+    image, truth = generate_stack([5], shape=shape, spacing=spacing, model=NucleusModel(n_cells=(12, 14)))
+    pred = WeakSegPredictor(shipped_model())(torch.from_numpy(image.astype(np.float32))[None], spacing)
+    k = len(pred["boxes"])
+    assert k >= 0.7 * int(truth.max()), (k, int(truth.max()))
+    assert pred["instances"].shape == shape and pred["instances"].dtype == np.int32
+    assert np.unique(pred["instances"]).tolist() == list(range(k + 1))
+    assert len(pred["scores"]) == len(pred["labels"]) == k
+    # each box holds its instance (boxes are the detector's, the instance its mask inside the box)
+    inside = boxes_from_instances(pred["instances"])
+    assert (inside[:, :3] >= np.floor(pred["boxes"][:, :3]) - 1).all()
+    assert (inside[:, 3:] <= np.ceil(pred["boxes"][:, 3:]) + 1).all()
