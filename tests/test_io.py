@@ -77,3 +77,15 @@ def test_fast_tiff_reader_matches_monai_loadimage(tmp_path):
     monai = np.asarray(LoadImage(image_only=True, dtype=None)(str(tmp_path / "s.tif")))
     assert ours.shape == monai.shape == (13, 9, 5)
     np.testing.assert_array_equal(ours, monai)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_any_memory_order_and_label_dtype_round_trips(tmp_path, suffix, dtype):
+    """The predictor hands over Fortran-ordered (x, y, z) label volumes; the bytes on disk must not change."""
+    fortran = np.asfortranarray(_volume().astype(dtype))
+    assert not fortran.flags.c_contiguous
+    back = read_volume(write_volume(tmp_path / f"f{suffix}", fortran, (0.5, 0.5, 1.0)))
+    np.testing.assert_array_equal(back, _volume())
+    if suffix == ".tif":
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "f.tif"), _volume().transpose(2, 1, 0))

@@ -135,15 +135,15 @@ def write_volume(
             affine = np.diag([*spacing, 1.0])
         nib.save(nib.Nifti1Image(array, affine), str(path))
     elif is_tiff(path):
-        if array.dtype.kind in "iub" and array.dtype != np.uint8:
+        if array.dtype.kind in "iub" and array.dtype not in (np.uint8, np.uint16):
             if array.min() < 0 or array.max() > np.iinfo(np.uint16).max:
                 raise ValueError(f"{path}: integer values outside uint16 cannot be written as ImageJ TIFF")
             array = array.astype(np.uint16)
         elif array.dtype.kind == "f":
-            array = array.astype(np.float32)
+            array = array.astype(np.float32, copy=False)
         tifffile.imwrite(
             str(path),
-            np.ascontiguousarray(array.transpose(2, 1, 0)),
+            np.ascontiguousarray(array.transpose(2, 1, 0)),  # no copy for a Fortran-ordered (x, y, z) array
             imagej=True,
             resolution=(1.0 / spacing[0], 1.0 / spacing[1]),
             metadata={"spacing": spacing[2], "unit": "um", "axes": "ZYX"},
