@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms import ScaleIntensityRangePercentiles
 
 from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.synthetic import NucleusModel, generate_stack
 from weakseg_monai.inference import WeakSegPredictor
-from weakseg_monai.inference.predictor import drop_vanished
+from weakseg_monai.inference.predictor import drop_vanished, scale_percentiles
 
 from .test_bundle import shipped_model
 
@@ -38,3 +39,15 @@ def test_every_box_has_voxels_and_labels_are_consecutive(spacing):
     inside = boxes_from_instances(pred["instances"])
     assert (inside[:, :3] >= np.floor(pred["boxes"][:, :3]) - 1).all()
     assert (inside[:, 3:] <= np.ceil(pred["boxes"][:, 3:]) + 1).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 30, 12), (1, 128, 128, 70)], ids=["quantile-branch", "numpy-branch"])
+def test_inference_normalisation_equals_the_training_transform(shape):
+    """Training normalises with MONAI's transform (torch.quantile under 1 M voxels, np.percentile above)."""
+    x = torch.from_numpy(np.random.default_rng(0).gamma(2.0, 100.0, size=shape).astype(np.float32))
+    monai = ScaleIntensityRangePercentiles(1.0, 99.8, b_min=0.0, b_max=1.0, clip=False)(x)
+    ours = scale_percentiles(x, 1.0, 99.8)
+    assert ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), np.asarray(monai), atol=1e-5)
+    flat = torch.full(shape, 7.0)
+    np.testing.assert_array_equal(scale_percentiles(flat, 1.0, 99.8).numpy(), np.zeros(shape, np.float32))
