@@ -39,6 +39,14 @@ DOC = REPO / "bundle" / "docs" / "README.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
+def current_rss_gb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1e6
+    return 0.0
+
+
 def peak_rss_gb() -> float:
     """This process's own peak RSS (VmHWM). ``ru_maxrss`` would report the parent's peak after fork + exec."""
     with open("/proc/self/status") as status:
@@ -162,6 +170,7 @@ def train_memory(batch_size: int = 4, patch: tuple[int, int, int] = (64, 64, 128
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    before = current_rss_gb()
     start = time.perf_counter()
     for _ in range(steps):
         with torch.autocast("cuda", enabled=device.type == "cuda"):
@@ -183,6 +192,7 @@ def train_memory(batch_size: int = 4, patch: tuple[int, int, int] = (64, 64, 128
         "device": "cpu",
         "amp": False,
         "maxrss_gb": peak_rss_gb(),
+        "before_gb": before,
         "s_per_step": (time.perf_counter() - start) / steps,
     }
 
@@ -201,8 +211,10 @@ def memory_line(memory: dict) -> str:
     head = "Training memory, batch 4 of 64 x 64 x 128 (x, y, z): "
     if memory["device"] == "cpu":
         return (
-            head + f"no GPU here; on the CPU in float32 the process peaks at {memory['maxrss_gb']:.2f} GB RSS "
-            f"({memory['s_per_step']:.1f} s per step). Run this script on a GPU machine for the AMP number."
+            head + f"no GPU here; on the CPU in float32 the process peaks at {memory['maxrss_gb']:.2f} GB RSS, "
+            f"{memory['maxrss_gb'] - memory['before_gb']:.2f} GB above its size before the first step (activations, "
+            f"gradients, optimizer state; {memory['s_per_step']:.1f} s per step). For the AMP number run "
+            "`python scripts/benchmark.py --worker train-memory` on a GPU machine."
         )
     return (
         head + f"{memory['device']}, AMP: peak allocated {memory['peak_allocated_gb']:.2f} GB, reserved "
@@ -220,7 +232,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=5, help="fresh-process runs per method (median reported)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not update bundle/docs/README.md")
-    parser.add_argument("--worker", choices=["ours", "baseline", "train-step", "train-memory"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker",
+        choices=["ours", "baseline", "train-step", "train-memory"],
+        help="run one part only and print its JSON (train-memory: on a GPU, peak memory at batch 4 of "
+        "64 x 64 x 128 with AMP); ours / baseline also need --image, --gt, --out",
+    )
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--gt", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
