@@ -7,7 +7,8 @@ Keys produced by ``LoadWeakAnnotationd`` (all spatial values (x, y, z), boxes St
 - ``image``: ``(1, X, Y, Z)`` float32 tensor;
 - ``instances``: ``(1, X, Y, Z)`` int32, value = ``instance_id`` of an annotated instance, 0 elsewhere;
 - ``box (G, 6)`` float32, ``label (G,)`` int64, ``mask_annotated (G,)`` uint8, ``instance_id (G,)`` int64,
-  ``box_volume (G,)`` float32 (volume before any crop, for ``MarkCutBoxesd``);
+  ``box_volume (G,)`` float32 (the whole box's volume in the current voxels, kept up to date by
+  ``ResampleToSpacingd`` and ``RandZoomBoxVolumed``, for ``MarkCutBoxesd``);
 - ``spacing``: the input's (x, y, z) spacing in µm by the project's spacing rule.
 """
 
