@@ -313,7 +313,13 @@ def main() -> None:
             f"{r['det_f1']:.4f} | {r['seg_f1']:.4f} |"
         )
     if len(rows) == 2:
-        lines += ["", f"Throughput ours / baseline: {rows['baseline']['total_s'] / rows['ours']['total_s']:.2f}x."]
+        ours, base = rows["ours"], rows["baseline"]
+        lines += [
+            "",
+            f"Ours / baseline: throughput {base['total_s'] / ours['total_s']:.2f}x, peak RSS "
+            f"{ours['maxrss_gb'] / base['maxrss_gb']:.2f}x, Det F1 {ours['det_f1'] - base['det_f1']:+.4f}, "
+            f"Seg F1 {ours['seg_f1'] - base['seg_f1']:+.4f}.",
+        ]
     lines += [
         "",
         f"Training step, batch 2 of 64 x 64 x 32: whole model {steps['full']:.2f} s, backbone only "
