@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from weakseg_monai.networks.detector import WeakInstanceSegNet
+from weakseg_monai.networks.postprocess import compact_labels
 from weakseg_monai.transforms.dictionary import resample_volume, working_shape
 
 logger = logging.getLogger(__name__)
@@ -147,14 +148,11 @@ class WeakSegPredictor:
 def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torch.Tensor:
     """Drop (in place in ``found``: boxes, scores, labels) the instances with no voxel left in ``instances``
     (values ``k + 1``) and renumber the rest consecutively; returns the renumbered volume."""
-    present = torch.bincount(instances.flatten(), minlength=len(found["boxes"]) + 1)[1:].numpy() > 0
-    if present.all():
-        return instances
-    for key in found:
-        found[key] = found[key][present]
-    relabel = torch.zeros(len(present) + 1, dtype=instances.dtype)
-    relabel[1:][torch.from_numpy(present)] = torch.arange(1, int(present.sum()) + 1, dtype=instances.dtype)
-    return relabel[instances.long()]
+    instances, keep = compact_labels(instances, len(found["boxes"]))
+    if not bool(keep.all()):
+        for key in found:
+            found[key] = found[key][keep.numpy()]
+    return instances
 
 
 class BaselinePredictor(WeakSegPredictor):

@@ -83,7 +83,17 @@ def paste_masks_in_volume(
         )[0, 0]
         region = owner[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         region[sampled > threshold] = k + 1
-    keep = torch.bincount(owner.flatten(), minlength=boxes.shape[0] + 1)[1:] > 0
-    relabel = torch.zeros(boxes.shape[0] + 1, dtype=torch.int32, device=device)
-    relabel[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32, device=device)
-    return relabel[owner.long()], keep
+    return compact_labels(owner, boxes.shape[0])
+
+
+def compact_labels(labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Labels ``1..n`` with no voxel left are dropped and the rest renumbered consecutively.
+
+    Returns the volume (the input itself when every label is present: no copy) and ``keep (n,)`` bool.
+    """
+    keep = torch.bincount(labels.flatten(), minlength=n + 1)[1:] > 0
+    if bool(keep.all()):
+        return labels, keep
+    relabel = torch.zeros(n + 1, dtype=labels.dtype, device=labels.device)
+    relabel[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=labels.dtype, device=labels.device)
+    return relabel[labels.long()], keep
