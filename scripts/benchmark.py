@@ -39,21 +39,23 @@ DOC = REPO / "bundle" / "docs" / "README.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
-def current_rss_gb() -> float:
+def _proc_status_gb(field: str) -> float | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in GB, None where there is none."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1e6
-    return 0.0
+    return None
+
+
+def current_rss_gb() -> float:
+    return _proc_status_gb("VmRSS") or 0.0
 
 
 def peak_rss_gb() -> float:
     """This process's own peak RSS (VmHWM). ``ru_maxrss`` would report the parent's peak after fork + exec."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e6
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = _proc_status_gb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
