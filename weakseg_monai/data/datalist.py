@@ -16,11 +16,14 @@ Item fields (all spatial values in (x, y, z), boxes half-open, see :mod:`weakseg
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 DATALIST_NAME = "datalist.json"
 SECTIONS = ("training", "validation", "test")
@@ -106,3 +109,17 @@ def load_section(dataset: str | Path, section: str) -> list[dict]:
     path = datalist_path(dataset)
     items = read_datalist(dataset).get(section) or []
     return [resolve_paths(item, path.parent) for item in items]
+
+
+def load_validation_items(dataset: str | Path) -> list[dict]:
+    """Validation items for training: the ``validation`` section, or the training items (with a warning) when
+    the datalist has none -- so a one-volume dataset still gets a validated, calibrated model."""
+    items = load_section(dataset, "validation")
+    if items:
+        return items
+    logger.warning(
+        "%s has no 'validation' items: validating on the training volumes (the score threshold is calibrated "
+        "and the best model chosen on data the model has seen; add a 'validation' section for an unbiased choice)",
+        datalist_path(dataset),
+    )
+    return load_section(dataset, "training")

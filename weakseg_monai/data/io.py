@@ -112,7 +112,11 @@ def resolve_spacing(path: str | Path, datalist_spacing: Sequence[float] | None =
         found = tiff_spacing(path)
         if found is not None:
             return found
-    logger.warning("%s: no spacing in the datalist or the file; assuming 1 x 1 x 1 µm", path)
+    logger.warning(
+        "%s: no spacing in the datalist or the file; assuming 1 x 1 x 1 µm (pass the real one: a datalist "
+        "'spacing', or inference's --spacing \"[x, y, z]\")",
+        path,
+    )
     return (1.0, 1.0, 1.0)
 
 

@@ -2,9 +2,13 @@
 handlers for training and evaluating ``WeakInstanceSegNet``."""
 
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter, WeakSegEvaluator
+from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
 from weakseg_monai.engines.trainer import WeakSegTrainer, latest_checkpoint, prepare_detection_batch
 
 __all__ = [
+    "ModelSaver",
+    "ScoreThresholdCalibrator",
+    "TrainingProgress",
     "InstanceMetricsWriter",
     "WeakSegEvaluator",
     "WeakSegTrainer",

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ class WeakSegEvaluator(SupervisedEvaluator):
     """Evaluator over loaded items (``LoadWeakAnnotationd(load_gt=True)``, batch of 1, ``no_collation``).
 
     ``predictor`` defaults to ``WeakSegPredictor(network)``; pass a ``BaselinePredictor`` for the baseline.
+    ``score_floor``: predict with this low score threshold instead of the network's own (training's
+    validation, where ``ScoreThresholdCalibrator`` picks the threshold).
     Output per iteration: ``{"pred": [prediction dicts at input geometry], "label": [ground truth dicts]}``,
     the form ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
     ``output_transform=lambda x: (x["pred"], x["label"])``.
@@ -48,17 +51,34 @@ class WeakSegEvaluator(SupervisedEvaluator):
         network,
         predictor_kwargs: dict | None = None,
         predictor: WeakSegPredictor | None = None,
+        score_floor: float | None = None,
         **kwargs,
     ) -> None:
         kwargs.setdefault("decollate", False)
         super().__init__(device, val_data_loader, network, **kwargs)
         self.predictor = predictor or WeakSegPredictor(network, device=device, **(predictor_kwargs or {}))
+        self.score_floor = score_floor
+
+    @contextmanager
+    def _score_floor(self):
+        """Predict with the network's score threshold lowered to ``score_floor`` (for calibration)."""
+        module = getattr(self.network, "module", self.network)
+        if self.score_floor is None or not hasattr(module, "score_thresh"):
+            yield
+            return
+        saved = module.score_thresh.clone()
+        module.score_thresh.fill_(self.score_floor)
+        try:
+            yield
+        finally:
+            module.score_thresh.copy_(saved)
 
     def _iteration(self, engine: WeakSegEvaluator, batchdata: Sequence) -> dict:
         preds, labels = [], []
         for item in _flatten(batchdata):
             start = time.perf_counter()
-            pred = engine.predictor(torch.as_tensor(item["image"]), item["spacing"])
+            with engine._score_floor():
+                pred = engine.predictor(torch.as_tensor(item["image"]), item["spacing"])
             pred["seconds"] = time.perf_counter() - start
             preds.append(pred)
             labels.append(_ground_truth(item))

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,13 @@ def list_inputs(input_path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"no such file or folder: {path}")
 
 
-def load_input(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray | None]:
-    """Read and check one input: (x, y, z) array, spacing, NIfTI affine (None for TIFF)."""
+def load_input(
+    path: Path, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray | None]:
+    """Read and check one input: (x, y, z) array, spacing, NIfTI affine (None for TIFF).
+
+    ``spacing`` (x, y, z) µm, when given, overrides what the file says (the datalist's rule for training).
+    """
     array = read_volume(path)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -59,7 +65,7 @@ def load_input(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.n
         import nibabel as nib
 
         affine = nib.load(str(path)).affine
-    return array, resolve_spacing(path), affine
+    return array, resolve_spacing(path, spacing), affine
 
 
 def save_prediction(
@@ -109,8 +115,16 @@ def save_prediction(
     return targets
 
 
-def run_inference(predictor, input_path: str | Path, output_dir: str | Path, preview: bool = True) -> list[dict]:
+def run_inference(
+    predictor,
+    input_path: str | Path,
+    output_dir: str | Path,
+    preview: bool = True,
+    spacing: Sequence[float] | None = None,
+) -> list[dict]:
     """Predict every input (one file or a folder) and write its outputs; raise at the end if any failed.
+
+    ``spacing``: (x, y, z) µm for every input, overriding the files' own (e.g. TIFFs without metadata).
 
     Returns one summary dict per input (path, instances, seconds).
     """
@@ -121,9 +135,9 @@ def run_inference(predictor, input_path: str | Path, output_dir: str | Path, pre
     for i, path in enumerate(files, start=1):
         start = time.perf_counter()
         try:
-            array, spacing, affine = load_input(path)
-            prediction = predictor(torch.from_numpy(array.astype(np.float32))[None], spacing)
-            written = save_prediction(prediction, array, path, output_dir, spacing, affine, preview)
+            array, used_spacing, affine = load_input(path, spacing)
+            prediction = predictor(torch.from_numpy(array.astype(np.float32))[None], used_spacing)
+            written = save_prediction(prediction, array, path, output_dir, used_spacing, affine, preview)
         except (OSError, ValueError, RuntimeError) as err:
             logger.error("[%d/%d] %s: %s", i, len(files), path, err)
             failures.append(f"{path}: {err}")

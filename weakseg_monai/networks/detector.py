@@ -94,9 +94,14 @@ class WeakInstanceSegNet(nn.Module):
         mask_rois_per_image: at most this many annotated RoIs per image enter the mask loss.
         score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference.
         working_spacing: (x, y, z) µm the model is trained and run at; intensity_percentiles: the per-image
-            normalisation rule (lower, upper percentiles mapped to 0, 1). Both are buffers, so a checkpoint
-            carries them.
+            normalisation rule (lower, upper percentiles mapped to 0, 1). These, ``anchor_shapes``,
+            ``score_thresh`` and ``nms_thresh`` are buffers, so a checkpoint carries the whole plan inference
+            needs (see ``weakseg_monai.planning``); a checkpoint written before the thresholds were buffers
+            loads with the constructor's values for them.
     """
+
+    # buffers added after the first checkpoints shipped: filled from the constructor when a state dict lacks them
+    LATE_BUFFERS = ("score_thresh", "nms_thresh")
 
     def __init__(
         self,
@@ -133,6 +138,9 @@ class WeakInstanceSegNet(nn.Module):
         self.register_buffer("anchor_shapes", torch.tensor([[float(v) for v in s] for s in anchor_shapes]))
         self.register_buffer("working_spacing", torch.tensor([float(v) for v in working_spacing]))
         self.register_buffer("intensity_percentiles", torch.tensor([float(v) for v in intensity_percentiles]))
+        # thresholds are planned (NMS) and calibrated on validation (score) per dataset: buffers too
+        self.register_buffer("score_thresh", torch.tensor(float(score_thresh)))
+        self.register_buffer("nms_thresh", torch.tensor(float(nms_thresh)))
         make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
         self.network = VoxResDetectorNet(
             in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, detection_level, fine_level, norm
@@ -158,11 +166,14 @@ class WeakInstanceSegNet(nn.Module):
         self.reg_weight = reg_weight
         self.smooth_l1_beta = smooth_l1_beta
         self.mask_rois_per_image = mask_rois_per_image
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
         self.topk_candidates = topk_candidates
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        for name in self.LATE_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     # ------------------------------------------------------------------ helpers
     def size_divisor(self) -> tuple[int, int, int]:
@@ -285,9 +296,9 @@ class WeakInstanceSegNet(nn.Module):
                 anchors,
                 self.box_coder,
                 spatial,
-                self.score_thresh,
+                float(self.score_thresh),
                 self.topk_candidates,
-                self.nms_thresh,
+                float(self.nms_thresh),
                 self.detections_per_image,
             )
             results.append(

@@ -1,0 +1,124 @@
+"""Dataset fingerprint: what a training plan needs to know about a weak-annotation dataset.
+
+Read from the datalist and the training volumes (nnU-Net's "fingerprint" idea): spacings, volume sizes,
+object sizes in µm, counts, how much the ground-truth boxes overlap, and intensity statistics. Every
+spatial value is (x, y, z).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data.box_utils import box_iou
+
+from weakseg_monai.data.datalist import load_section
+from weakseg_monai.data.io import read_volume, resolve_spacing
+
+logger = logging.getLogger(__name__)
+
+MAX_INTENSITY_VOLUMES = 8  # intensity statistics from at most this many training volumes
+
+
+@dataclass(frozen=True)
+class DatasetFingerprint:
+    """Summary of a dataset's training section (plus the size of its validation section).
+
+    Attributes:
+        n_volumes, n_validation: training / validation items.
+        n_objects, n_masked: boxes and boxes with a voxel mask in the training items.
+        spacing_um: median voxel size (x, y, z).
+        volume_voxels: median volume size (x, y, z) in voxels; volume_um: the same in µm.
+        object_um_median, object_um_p10, object_um_p90: box sizes (x, y, z) in µm.
+        box_overlap_p95: 95th percentile over boxes of the largest IoU with another box of the same volume
+            (touching / overlapping objects; 0 for well separated ones).
+        object_volume_fraction: summed box volume x pi/6 (the ellipsoid in a box) over the volume's.
+        intensity: dtype and (p1, p50, p99.8) of the training volumes read.
+    """
+
+    n_volumes: int
+    n_validation: int
+    n_objects: int
+    n_masked: int
+    spacing_um: tuple[float, float, float]
+    volume_voxels: tuple[int, int, int]
+    volume_um: tuple[float, float, float]
+    object_um_median: tuple[float, float, float]
+    object_um_p10: tuple[float, float, float]
+    object_um_p90: tuple[float, float, float]
+    box_overlap_p95: float
+    object_volume_fraction: float
+    intensity: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _volume_shape(path: str) -> tuple[int, int, int]:
+    """(x, y, z) voxel size of a volume, from the header where the format allows it."""
+    if path.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return tuple(int(s) for s in nib.load(path).shape[:3])  # type: ignore[return-value]
+    return tuple(int(s) for s in read_volume(path).shape[:3])  # type: ignore[return-value]
+
+
+def _max_other_iou(boxes: np.ndarray) -> np.ndarray:
+    """For each ``(N, 6)`` box, the largest IoU with any other box of the set."""
+    if len(boxes) < 2:
+        return np.zeros(len(boxes))
+    iou = box_iou(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(boxes, dtype=torch.float32))
+    iou.fill_diagonal_(0.0)
+    return iou.max(dim=1).values.numpy()
+
+
+def dataset_fingerprint(dataset_dir: str | Path) -> DatasetFingerprint:
+    """Fingerprint of the ``training`` section of ``dataset_dir`` (a folder with ``datalist.json``)."""
+    items = load_section(dataset_dir, "training")
+    if not items:
+        raise ValueError(f"{dataset_dir}: the datalist has no 'training' items to plan from")
+    spacings, shapes, sizes_um, overlaps, fractions, masked = [], [], [], [], [], 0
+    dtypes, samples = set(), []
+    for index, item in enumerate(items):
+        spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")), dtype=np.float64)
+        shape = np.asarray(_volume_shape(item["image"]), dtype=np.float64)
+        boxes = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
+        spacings.append(spacing)
+        shapes.append(shape)
+        sizes_um.append((boxes[:, 3:] - boxes[:, :3]) * spacing)
+        overlaps.append(_max_other_iou(boxes))
+        fractions.append(float(np.prod(boxes[:, 3:] - boxes[:, :3], axis=1).sum() * np.pi / 6 / np.prod(shape)))
+        masked += int(np.asarray(item.get("mask_annotated", []), dtype=bool).sum())
+        if index < MAX_INTENSITY_VOLUMES:
+            volume = read_volume(item["image"])
+            dtypes.add(str(volume.dtype))
+            flat = volume.ravel()
+            samples.append(flat[:: max(1, flat.size // 200_000)].astype(np.float64))
+    sizes = np.concatenate(sizes_um) if sizes_um else np.zeros((0, 3))
+    if len(sizes) == 0:
+        raise ValueError(f"{dataset_dir}: the training items have no boxes to plan from")
+    median_spacing = np.median(np.stack(spacings), axis=0)
+    median_shape = np.median(np.stack(shapes), axis=0)
+    p1, p50, p998 = np.percentile(np.concatenate(samples), [1.0, 50.0, 99.8])
+    return DatasetFingerprint(
+        n_volumes=len(items),
+        n_validation=len(load_section(dataset_dir, "validation")),
+        n_objects=int(len(sizes)),
+        n_masked=masked,
+        spacing_um=_triple(median_spacing),
+        volume_voxels=tuple(int(v) for v in median_shape),  # type: ignore[arg-type]
+        volume_um=_triple(median_shape * median_spacing),
+        object_um_median=_triple(np.median(sizes, axis=0)),
+        object_um_p10=_triple(np.percentile(sizes, 10, axis=0)),
+        object_um_p90=_triple(np.percentile(sizes, 90, axis=0)),
+        box_overlap_p95=round(float(np.percentile(np.concatenate(overlaps), 95)), 4),
+        object_volume_fraction=round(float(np.median(fractions)), 4),
+        intensity={"dtype": sorted(dtypes), "p1": float(p1), "p50": float(p50), "p99.8": float(p998)},
+    )
+
+
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    return tuple(round(float(v), 4) for v in values)  # type: ignore[return-value]

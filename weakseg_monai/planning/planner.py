@@ -1,0 +1,221 @@
+"""Self-configuring training plan (nnU-Net style): the dataset fingerprint in, the recipe out.
+
+The architecture stays fixed (one checkpoint contract: ``model.pt`` is a plain state dict that loads into
+``WeakInstanceSegNet()``); the plan adapts the *data* to it and the schedule to the dataset:
+
+- ``working_spacing``: the network's strides, anchors and RoI sizes were built for objects of about
+  ``TARGET_OBJECT_VOXELS`` (18 x 18 x 9 voxels: ~10 µm HL60 nuclei at 0.5 x 0.5 x 1 µm). Where the native
+  spacing puts the median object inside ``KEEP_BAND`` the data keeps its own spacing (no needless
+  interpolation), else it is resampled so the median object lands on the target. z may stay coarser.
+- ``patch_size``: at least the architecture's 64 x 64 x 32, at least 2.5 objects across, at most the volume.
+- ``anchor_shapes``: k-means of the training boxes at the working spacing.
+- ``iterations`` / ``val_interval``: optimizer steps by dataset size, a CPU-friendly budget.
+- ``nms_thresh``: above the overlap of touching ground-truth boxes, so NMS does not delete real neighbours.
+- ``score_thresh``: a starting value; training calibrates it on validation and stores it in the checkpoint.
+
+Every value is a top-level id of ``train.json`` the user can override; ``TrainingPlanner`` methods take the
+values they depend on as arguments, so an override propagates (e.g. a hand-set ``working_spacing`` changes the
+planned anchors and patch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from weakseg_monai.networks.detector import DEFAULT_STRIDES
+from weakseg_monai.planning.fingerprint import DatasetFingerprint, dataset_fingerprint
+from weakseg_monai.utils.anchors import anchor_shapes_from_datalist
+
+logger = logging.getLogger(__name__)
+
+TARGET_OBJECT_VOXELS = (18.0, 18.0, 9.0)
+KEEP_BAND = ((12.0, 28.0), (12.0, 28.0), (5.0, 14.0))
+BASE_PATCH = (64, 64, 32)
+MAX_PATCH = (128, 128, 64)
+BASE_BATCH = 2
+SIZE_DIVISOR = tuple(int(np.prod([s[a] for s in DEFAULT_STRIDES])) for a in range(3))
+PLAN_FILE = "plan.json"
+
+
+def plan_working_spacing(fingerprint: DatasetFingerprint) -> list[float]:
+    """(x, y, z) µm at which the median object measures about ``TARGET_OBJECT_VOXELS`` (or native if in band).
+
+    In-plane axes share one spacing (their mean object size); z is never finer than in-plane.
+    """
+    native = np.asarray(fingerprint.spacing_um)
+    size_um = np.asarray(fingerprint.object_um_median)
+    spacing = native.copy()
+    inplane_um = float(size_um[:2].mean())
+    inplane_vox = inplane_um / float(native[:2].mean())
+    lo, hi = KEEP_BAND[0]
+    if not lo <= inplane_vox <= hi:
+        spacing[:2] = inplane_um / TARGET_OBJECT_VOXELS[0]
+    z_vox = size_um[2] / native[2]
+    lo, hi = KEEP_BAND[2]
+    if not lo <= z_vox <= hi:
+        spacing[2] = size_um[2] / TARGET_OBJECT_VOXELS[2]
+    spacing[2] = max(spacing[2], spacing[:2].max())
+    return [_round_sig(v) for v in spacing]
+
+
+def _round_sig(value: float, digits: int = 3) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def plan_patch_size(fingerprint: DatasetFingerprint, working_spacing: Sequence[float]) -> list[int]:
+    """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor."""
+    scale = np.asarray(fingerprint.spacing_um) / np.asarray(working_spacing, dtype=np.float64)
+    volume = np.asarray(fingerprint.volume_voxels) * scale
+    big_object = np.asarray(fingerprint.object_um_p90) / np.asarray(working_spacing, dtype=np.float64)
+    patch = []
+    for axis in range(3):
+        want = min(max(BASE_PATCH[axis], 2.5 * big_object[axis]), MAX_PATCH[axis], volume[axis])
+        divisor = SIZE_DIVISOR[axis]
+        patch.append(int(max(divisor, math.ceil(want / divisor) * divisor)))
+    return patch
+
+
+def plan_batch_size(patch_size: Sequence[int]) -> int:
+    """Crops per step: ``BASE_BATCH`` at the base patch, more (up to 4) for small patches (same voxels per step)."""
+    ratio = np.prod(BASE_PATCH) / max(float(np.prod(patch_size)), 1.0)
+    return int(np.clip(round(BASE_BATCH * ratio), BASE_BATCH, 4))
+
+
+def plan_iterations(fingerprint: DatasetFingerprint) -> int:
+    """Optimizer steps: 1200 for a few dozen objects, up to 2000 for hundreds (~10-15 min on 2 CPU cores)."""
+    steps = int(np.clip(1000 + 4 * fingerprint.n_objects, 1200, 2000))
+    return steps // 100 * 100
+
+
+def plan_val_interval(iterations: int) -> int:
+    """Validate (and checkpoint) five times per run: every ``iterations // 5`` steps (at least 1)."""
+    return max(1, int(iterations) // 5)
+
+
+def plan_nms_threshold(fingerprint: DatasetFingerprint) -> float:
+    """NMS IoU above the overlap of touching ground-truth boxes (0.3 for separated objects, at most 0.6)."""
+    return float(np.clip(round(fingerprint.box_overlap_p95 + 0.1, 2), 0.3, 0.6))
+
+
+class TrainingPlanner:
+    """The plan of one dataset, computed lazily (the embedded synthetic dataset is written at initialisation).
+
+    ``train.json`` calls one method per planned id; each method takes the ids it depends on, so a value the
+    user sets on the command line propagates to the values derived from it.
+    """
+
+    def __init__(self, dataset_dir: str | Path) -> None:
+        self.dataset_dir = str(dataset_dir)
+
+    @cached_property
+    def fingerprint(self) -> DatasetFingerprint:
+        return dataset_fingerprint(self.dataset_dir)
+
+    def working_spacing(self) -> list[float]:
+        return plan_working_spacing(self.fingerprint)
+
+    def patch_size(self, working_spacing: Sequence[float]) -> list[int]:
+        return plan_patch_size(self.fingerprint, working_spacing)
+
+    def batch_size(self, patch_size: Sequence[int]) -> int:
+        return plan_batch_size(patch_size)
+
+    def anchor_shapes(self, working_spacing: Sequence[float]) -> list[list[float]]:
+        return anchor_shapes_from_datalist(self.dataset_dir, working_spacing, 3)
+
+    def iterations(self, epochs: int | None = None) -> int:
+        """Planned steps, or ``epochs`` x training items when the deprecated ``--epochs`` is given."""
+        if epochs is not None:
+            steps = int(epochs) * self.fingerprint.n_volumes
+            warnings.warn(
+                f"--epochs is deprecated: training length is now --iterations (optimizer steps); "
+                f"--epochs {epochs} x {self.fingerprint.n_volumes} training items = {steps} iterations",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return max(1, steps)
+        return plan_iterations(self.fingerprint)
+
+    def val_interval(self, iterations: int) -> int:
+        return plan_val_interval(int(iterations))
+
+    def nms_thresh(self) -> float:
+        return plan_nms_threshold(self.fingerprint)
+
+    def planned(self) -> dict:
+        """Every planned value with nothing overridden."""
+        spacing = self.working_spacing()
+        patch = self.patch_size(spacing)
+        iterations = self.iterations()
+        return {
+            "working_spacing": spacing,
+            "patch_size": patch,
+            "batch_size": self.batch_size(patch),
+            "anchor_shapes": self.anchor_shapes(spacing),
+            "iterations": iterations,
+            "val_interval": self.val_interval(iterations),
+            "nms_thresh": self.nms_thresh(),
+        }
+
+    def report(self, used: Mapping[str, object]) -> dict:
+        """The plan document: fingerprint, planned values, the values this run uses and which were overridden."""
+        planned = self.planned()
+        overridden = sorted(k for k, v in used.items() if k in planned and _differs(planned[k], v))
+        return {
+            "dataset_dir": str(Path(self.dataset_dir).resolve()),
+            "fingerprint": self.fingerprint.to_dict(),
+            "planned": planned,
+            "used": dict(used),
+            "overridden": overridden,
+        }
+
+    def save(self, output_dir: str | Path, used: Mapping[str, object]) -> Path:
+        """Log the plan as a table and write ``output_dir/plan.json`` (never into the dataset folder)."""
+        report = self.report(used)
+        logger.info("training plan for %s\n%s", self.dataset_dir, format_plan(report))
+        path = Path(output_dir) / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        logger.info("plan written to %s", path)
+        return path
+
+
+def _differs(a: object, b: object) -> bool:
+    try:
+        return not np.allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    except (TypeError, ValueError):
+        return a != b
+
+
+def format_plan(report: Mapping) -> str:
+    """Fingerprint and plan as a two-column text table."""
+    fp = report["fingerprint"]
+    rows = [
+        ("training volumes / validation", f"{fp['n_volumes']} / {fp['n_validation']}"),
+        ("objects (with masks)", f"{fp['n_objects']} ({fp['n_masked']})"),
+        ("native spacing µm (x, y, z)", fp["spacing_um"]),
+        ("volume voxels (median)", fp["volume_voxels"]),
+        ("object size µm median", fp["object_um_median"]),
+        ("object size µm p10 / p90", f"{fp['object_um_p10']} / {fp['object_um_p90']}"),
+        ("box overlap p95 (IoU)", fp["box_overlap_p95"]),
+        ("object volume fraction", fp["object_volume_fraction"]),
+        ("intensity dtype, p1 / p50 / p99.8", _intensity(fp["intensity"])),
+    ]
+    overridden = set(report.get("overridden", []))
+    for key, value in report["used"].items():
+        mark = " (overridden; planned " + json.dumps(report["planned"][key]) + ")" if key in overridden else ""
+        rows.append((key, f"{json.dumps(value)}{mark}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _intensity(stats: Mapping) -> str:
+    return f"{','.join(stats['dtype'])}, {stats['p1']:.4g} / {stats['p50']:.4g} / {stats['p99.8']:.4g}"
