@@ -40,6 +40,7 @@ from weakseg_monai.inference import BaselinePredictor, WeakSegPredictor  # noqa:
 from weakseg_monai.networks import VoxResSegNet, WeakInstanceSegNet  # noqa: E402
 from weakseg_monai.transforms import LoadWeakAnnotationd  # noqa: E402
 from weakseg_monai.utils.machine import cpu_name  # noqa: E402
+from weakseg_monai.utils.report import replace_marked_section  # noqa: E402
 
 
 def train(config: str, run_dir: Path, overrides: dict) -> float:
@@ -112,9 +113,13 @@ def main() -> None:
             / name.split(" (")[0].replace(" + ", "_").replace(" ", "_").lower()
             / ("_".join(f"{a}{b}" for a, b in extra.items()) or "full")
         )
-        epochs = max(1, round(steps / n_stacks))
-        print(f"== {name}: {epochs} epochs on {n_stacks} stacks", flush=True)
-        seconds = train(config, run_dir, {**common, **extra, "epochs": epochs, "val_interval": epochs})
+        if config == "train.json":  # training length in optimizer steps (iterations), one validation at the end
+            length = {"iterations": steps, "val_interval": steps}
+        else:  # the baseline config still counts epochs over its stacks
+            epochs = max(1, round(steps / n_stacks))
+            length = {"epochs": epochs, "val_interval": epochs}
+        print(f"== {name}: {steps} steps on {n_stacks} stacks", flush=True)
+        seconds = train(config, run_dir, {**common, **extra, **length})
         model = WeakInstanceSegNet() if config == "train.json" else VoxResSegNet()
         model.load_state_dict(torch.load(run_dir / "models" / "model.pt", map_location=args.device, weights_only=True))
         model.to(args.device)
@@ -150,8 +155,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    Path(args.out).write_text(text)
-    print(f"wrote {args.out}")
+    replace_marked_section(args.out, "table1", text)
+    print(f"wrote the table1 section of {args.out}")
 
 
 if __name__ == "__main__":

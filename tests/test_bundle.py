@@ -60,22 +60,26 @@ def test_metadata_verifies_offline_and_the_schema_has_teeth(tmp_path):
 
 @pytest.mark.slow
 def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
-    common = dict(bundle_root=str(tmp_path), dataset_dir=str(tiny_bundle_data), patch_size=[48, 48, 16], val_interval=1)
-    first = _workflow("train.json", epochs=2, **common)
+    common = dict(bundle_root=str(tmp_path), dataset_dir=str(tiny_bundle_data), patch_size=[48, 48, 16], val_interval=2)
+    first = _workflow("train.json", iterations=4, **common)
     first.run()
     trainer = first.parser.get_parsed_content("train#trainer")
-    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 4, "training length is counted in optimizer steps"
     models = tmp_path / "runs" / "train" / "models"
-    assert (models / "checkpoint_epoch=2.pt").is_file() and (models / "model.pt").is_file()
+    assert (models / "checkpoint_epoch=2.pt").is_file(), "a checkpoint every val_interval iterations"
+    for name in ("model.pt", "model_final.pt"):  # always a usable model, whatever validation said
+        WeakInstanceSegNet().load_state_dict(torch.load(models / name, weights_only=True))
+    plan = json.loads((tmp_path / "runs" / "train" / "plan.json").read_text())
+    assert plan["used"]["iterations"] == 4 and "iterations" in plan["overridden"]
+    assert plan["fingerprint"]["n_volumes"] == 2
     first.finalize()
 
-    resumed = _workflow("train.json", epochs=3, resume=True, **common)
+    resumed = _workflow("train.json", iterations=6, resume=True, **common)
     trainer = resumed.parser.get_parsed_content("train#trainer")
-    epochs_run = []
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_run.append(e.state.epoch))
+    iterations_run = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
     resumed.run()
-    assert epochs_run == [3], "a resumed run continues at the saved epoch"
-    assert trainer.state.iteration == 3 * 2
+    assert iterations_run == [5, 6], "a resumed run continues where the saved one stopped"
     resumed.finalize()
 
     evaluation = _workflow(
@@ -171,10 +175,10 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tiny_bundle_data, tmp_path):
         str(tmp_path),
         "--dataset_dir",
         str(tiny_bundle_data),
-        "--epochs",
-        "1",
+        "--iterations",
+        "2",
         "--val_interval",
-        "1",
+        "2",
         "--patch_size",
         "[48,48,16]",
     )

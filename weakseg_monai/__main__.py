@@ -1,4 +1,4 @@
-"""Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``score``, ``budget``,
+"""Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``plan``, ``score``, ``budget``,
 ``from-ctc``, ``to-ctc``).
 
 Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``.
@@ -75,6 +75,22 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
         sys.exit(1)
 
 
+def plan(dataset_dir: str, out: str = "") -> None:
+    """Print the training plan that ``train.json`` derives for DATASET_DIR (fingerprint + planned values),
+    without training. ``--out FILE`` also writes it as JSON (never into the dataset folder by default)."""
+    import json
+
+    from weakseg_monai.planning import TrainingPlanner, format_plan
+
+    planner = TrainingPlanner(dataset_dir)
+    report = planner.report(planner.planned())
+    print(f"training plan for {dataset_dir}\n{format_plan(report)}")
+    print("override any planned value on the training command line, e.g. --working_spacing \"[0.3,0.3,0.6]\"")
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def score(gt: str, pred: str, out: str = "") -> None:
     """Score predicted label volumes in PRED against ground truth in GT (det F1, seg F1, CTC SEG / DET).
 
@@ -129,6 +145,7 @@ def to_ctc(pred: str, out: str, sequence: str = "01") -> None:
 COMMANDS = {
     "synth": synth,
     "validate": validate,
+    "plan": plan,
     "score": score,
     "budget": budget,
     "from-ctc": from_ctc,

@@ -5,6 +5,10 @@ clustered nuclei (an exact partition: labels never overlap), a few cut by the st
 dividing (daughter pairs) and small nuclei, chromatin-like texture, per-cell and depth-dependent
 brightness, an uneven background, a PSF blur stronger in z, and Poisson + Gaussian camera noise, as
 uint16. Everything is returned and stored in (x, y, z) order.
+
+``NucleusModel``'s extra knobs (a target volume fraction, overlap, a peak SNR, uint8 output, a membrane
+stain rendered as a power tessellation with bright walls) drive the generalisation suite ``SUITE``
+(``write_suite_dataset``); their defaults leave the HL60-like stacks bit-identical.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ class NucleusModel:
     read_noise: float = 3.0
     camera_offset: float = 100.0
     min_visible_fraction: float = 0.15  # border-cut pieces smaller than this share of the cell are dropped
+    overlap_tolerance: float = 0.82  # centres stay >= this x (r1 + r2) apart; lower lets nuclei overlap
+    contact_range: tuple[float, float] = (0.88, 1.02)  # touching cells: centre distance / (r1 + r2)
+    volume_fraction: float | None = None  # stop placing once about this share of the volume is covered
+    min_extent_vox: tuple[int, int, int] | None = None  # drop objects whose box is thinner (x, y, z voxels)
+    texture_um: tuple[float, float] = (0.5, 1.5)  # fine and coarse chromatin / wall texture scales
+    peak_snr: float | None = None  # (mean signal - background) / noise std; raises the read noise to reach it
+    dtype: str = "uint16"  # stored image dtype: "uint16" (camera counts) or "uint8" (percentile-rescaled)
+    stain: str = "nucleus"  # "nucleus" (filled nuclei) or "membrane" (cell walls of a packed tissue)
+    wall_um: float = 0.3  # membrane stain: wall thickness (FWHM before the PSF)
 
 
 @dataclass
@@ -85,19 +98,26 @@ def _place_cells(rng: np.random.Generator, extent: np.ndarray, model: NucleusMod
     centres: list[np.ndarray] = []
     lo_r, hi_r = (d / 2 for d in model.diameter_um)
 
-    def fits(c: np.ndarray, r: float, tolerance: float = 0.82) -> bool:
+    coverage = _Coverage(extent, lo_r / 3.0) if model.volume_fraction is not None else None
+
+    def fits(c: np.ndarray, r: float) -> bool:
         if not centres:
             return True
         d = np.linalg.norm(np.asarray(centres) - c, axis=1)
-        return bool((d >= tolerance * (np.asarray(radii) + r)).all())
+        return bool((d >= model.overlap_tolerance * (np.asarray(radii) + r)).all())
 
     def add(c: np.ndarray, r: float) -> None:
         cells.append(_make_cell(rng, c, r, model))
         radii.append(r)
         centres.append(c)
+        if coverage is not None:
+            coverage.add(c, r)
+
+    def full() -> bool:
+        return coverage is not None and coverage.fraction() >= model.volume_fraction
 
     attempts = 0
-    while len(cells) < n_target and attempts < 60 * n_target:
+    while len(cells) < n_target and attempts < 60 * n_target and not full():
         attempts += 1
         r = rng.uniform(lo_r, hi_r)
         if rng.random() < model.small_fraction:
@@ -106,11 +126,13 @@ def _place_cells(rng: np.random.Generator, extent: np.ndarray, model: NucleusMod
             j = rng.integers(len(centres))
             v = rng.standard_normal(3)
             v[2] *= 0.5  # clusters spread more in-plane: stacks are thin in z
-            c = centres[j] + (radii[j] + r) * rng.uniform(0.88, 1.02) * v / np.linalg.norm(v)
+            c = centres[j] + (radii[j] + r) * rng.uniform(*model.contact_range) * v / np.linalg.norm(v)
         else:
             margin = np.array([0.3 * r, 0.3 * r, 0.0])
             c = rng.uniform(-margin, extent + margin)
         c[2] = np.clip(c[2], min(0.45 * r, extent[2] / 2), max(extent[2] - 0.45 * r, extent[2] / 2))
+        if coverage is not None and ((c < -0.3 * r) | (c > extent + 0.3 * r)).any():
+            continue  # packing to a volume fraction: clusters must not grow out of the stack
         if not fits(c, r):
             continue
         if rng.random() < model.dividing_fraction and len(cells) + 2 <= n_target:
@@ -125,6 +147,26 @@ def _place_cells(rng: np.random.Generator, extent: np.ndarray, model: NucleusMod
             continue
         add(c, r)
     return cells
+
+
+class _Coverage:
+    """Share of the volume inside placed spheres, on a coarse grid (for ``NucleusModel.volume_fraction``)."""
+
+    def __init__(self, extent: np.ndarray, step: float) -> None:
+        self.step = step
+        self.occupied = np.zeros(np.maximum(np.ceil(extent / step).astype(int), 1), dtype=bool)
+
+    def add(self, centre: np.ndarray, radius: float) -> None:
+        lo = np.maximum(np.floor((centre - radius) / self.step).astype(int), 0)
+        hi = np.minimum(np.ceil((centre + radius) / self.step).astype(int) + 1, self.occupied.shape)
+        if (hi <= lo).any():
+            return
+        grids = np.meshgrid(*[(np.arange(a, b) + 0.5) * self.step for a, b in zip(lo, hi)], indexing="ij")
+        inside = sum((g - c) ** 2 for g, c in zip(grids, centre)) <= radius**2
+        self.occupied[tuple(slice(a, b) for a, b in zip(lo, hi))] |= inside
+
+    def fraction(self) -> float:
+        return float(self.occupied.mean())
 
 
 def _render_labels(
@@ -173,47 +215,177 @@ def _coarse_field(rng: np.random.Generator, shape: tuple[int, int, int], cells: 
     return ndimage.zoom(small, np.asarray(shape) / np.asarray(small.shape), order=1, mode="nearest", grid_mode=True)
 
 
+def _keep_visible(
+    labels: np.ndarray, ideal: np.ndarray, model: NucleusModel, floor: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``len(ideal)`` objects to keep: enough of the object in view, and a box no thinner than allowed.
+
+    Returns the keep flags and the old-id -> new consecutive-id table (0 stays 0).
+    """
+    counts = np.bincount(labels.ravel(), minlength=len(ideal) + 1)[1:]
+    keep = counts >= np.maximum(model.min_visible_fraction * ideal, floor)
+    if model.min_extent_vox is not None:
+        extents = np.zeros((len(ideal), 3), dtype=int)
+        for k, sl in enumerate(ndimage.find_objects(labels, max_label=len(ideal))):
+            if sl is not None:
+                extents[k] = [s.stop - s.start for s in sl]
+        keep &= (extents >= np.asarray(model.min_extent_vox)).all(axis=1)
+    new_ids = np.zeros(len(ideal) + 1, dtype=np.int32)
+    new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    return keep, new_ids
+
+
+def _camera(rng: np.random.Generator, signal: np.ndarray, foreground: np.ndarray, model: NucleusModel) -> np.ndarray:
+    """Photon counts (Poisson) + offset + Gaussian read noise, stored as ``model.dtype``.
+
+    With ``model.peak_snr`` the read noise is raised so that (mean foreground - mean background) / background
+    noise std is about ``peak_snr`` before quantisation. ``uint8`` maps the 0.01-99.99 percentiles to 2-252.
+    """
+    shape = signal.shape
+    photons = rng.uniform(*model.photons)
+    expected = np.clip(signal, 0, None) * photons
+    read_noise = model.read_noise
+    if model.peak_snr is not None and foreground.any() and not foreground.all():
+        background = float(expected[~foreground].mean())
+        sigma = (float(expected[foreground].mean()) - background) / model.peak_snr
+        read_noise = float(np.sqrt(max(sigma**2 - background, model.read_noise**2)))
+    counts_img = rng.poisson(expected).astype(np.float32)
+    counts_img += model.camera_offset + read_noise * rng.standard_normal(shape, dtype=np.float32)
+    if model.dtype == "uint8":
+        lo, hi = np.percentile(counts_img, [0.01, 99.99])
+        scaled = 2.0 + 250.0 * (counts_img - lo) / max(float(hi - lo), 1e-6)
+        return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    if model.dtype != "uint16":
+        raise ValueError(f"NucleusModel.dtype must be 'uint16' or 'uint8', got {model.dtype!r}")
+    return np.clip(np.round(counts_img), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _background(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    return 0.04 + 0.06 * _coarse_field(rng, shape)
+
+
+def _seed_cells(rng: np.random.Generator, extent: np.ndarray, model: NucleusModel) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue cell centres (µm) and radii: dart throwing over the volume plus a margin, until it jams.
+
+    Centres stay ``overlap_tolerance`` x (r1 + r2) apart; at most ``n_cells[1]`` seeds.
+    """
+    lo_r, hi_r = (d / 2 for d in model.diameter_um)
+    centres: list[np.ndarray] = []
+    radii: list[float] = []
+    failures = 0
+    while failures < 400 and len(centres) < model.n_cells[1]:
+        r = rng.uniform(lo_r, hi_r)
+        c = rng.uniform(-hi_r, extent + hi_r)
+        if centres:
+            d = np.linalg.norm(np.asarray(centres) - c, axis=1)
+            if (d < model.overlap_tolerance * (np.asarray(radii) + r)).any():
+                failures += 1
+                continue
+        centres.append(c)
+        radii.append(r)
+        failures = 0
+    return np.asarray(centres), np.asarray(radii)
+
+
+def _power_cells(
+    points: list[np.ndarray], centres: np.ndarray, radii: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power tessellation: nearest seed by ``|p - c|^2 - r^2`` per voxel, and the distance to the wall.
+
+    ``points`` are the x, y, z coordinate grids (µm). Returns the nearest and second-nearest seed index
+    and the distance (µm) to the bisecting plane of those two seeds.
+    """
+    shape = points[0].shape
+    best = np.full(shape, np.inf, dtype=np.float32)
+    second = np.full(shape, np.inf, dtype=np.float32)
+    best_i = np.zeros(shape, dtype=np.int32)
+    second_i = np.zeros(shape, dtype=np.int32)
+    for i, (c, r) in enumerate(zip(centres, radii)):
+        d = sum((p - np.float32(ci)) ** 2 for p, ci in zip(points, c)) - np.float32(r**2)
+        closer = d < best
+        runner_up = (d < second) & ~closer
+        np.copyto(second, d, where=runner_up)
+        np.copyto(second_i, i, where=runner_up)
+        np.copyto(second, best, where=closer)
+        np.copyto(second_i, best_i, where=closer)
+        np.copyto(best, d, where=closer)
+        np.copyto(best_i, i, where=closer)
+    separation = np.linalg.norm(centres[best_i] - centres[second_i], axis=-1).astype(np.float32)
+    wall_distance = (second - best) / np.maximum(2.0 * separation, 1e-3)
+    return best_i, second_i, wall_distance
+
+
+def _generate_membrane(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, model: NucleusModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """Densely packed tissue stained at the cell walls: every voxel belongs to a cell.
+
+    Cells are a power tessellation of seeds in a smoothly warped space (irregular walls); objects thinner
+    than ``min_extent_vox`` (or with < 8 voxels) are given to their neighbours. The image is the walls
+    (Gaussian profile of ``wall_um``, textured, per-cell brightness) on dim interiors, PSF, camera noise.
+    """
+    extent = np.asarray(shape) * spacing
+    centres, radii = _seed_cells(rng, extent, model)
+    warp_sigma = model.texture_um[1] / spacing
+    points = [
+        ((np.arange(n, dtype=np.float32) + 0.5) * s).reshape([-1 if a == axis else 1 for a in range(3)])
+        + 0.12 * model.diameter_um[0] * _smooth_noise(rng, shape, warp_sigma)
+        for axis, (n, s) in enumerate(zip(shape, spacing))
+    ]
+    first, _, _ = _power_cells(points, centres, radii)
+    keep, _ = _keep_visible(first + 1, np.zeros(len(centres)), model)
+    centres, radii = centres[keep], radii[keep]
+    nearest, other, wall_distance = _power_cells(points, centres, radii)
+    labels = (nearest + 1).astype(np.int32)
+
+    brightness = rng.uniform(0.6, 1.0, size=len(centres)).astype(np.float32)
+    texture = np.clip(1.0 + 0.3 * _smooth_noise(rng, shape, model.texture_um[0] / spacing), 0.2, None)
+    sigma_wall = model.wall_um / 2.355
+    walls = np.exp(-0.5 * (wall_distance / sigma_wall) ** 2) * 0.5 * (brightness[nearest] + brightness[other])
+    signal = walls * texture + 0.05 * brightness[nearest]
+    depth = (np.arange(shape[2]) + 0.5) * spacing[2]
+    signal *= np.exp(-depth / rng.uniform(40.0, 120.0)).astype(np.float32)[None, None, :]
+    signal += _background(rng, shape)
+    signal = ndimage.gaussian_filter(signal, sigma=np.asarray(model.psf_sigma_um) / spacing, mode="nearest")
+    return _camera(rng, signal, wall_distance < model.wall_um / 2, model), labels
+
+
 def generate_stack(
     seed: int | list[int],
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     model: NucleusModel = NucleusModel(),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic stack: ``(image uint16, instances int32)``, both (x, y, z).
+    """One synthetic stack: ``(image, instances int32)``, both (x, y, z); image uint16 (or ``model.dtype``).
 
-    ``instances`` value k > 0 marks nucleus k (labels are consecutive, in box order).
+    ``instances`` value k > 0 marks object k (labels are consecutive, in box order).
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     spacing_arr = np.asarray(as_spacing(spacing))
+    if model.stain == "membrane":
+        return _generate_membrane(rng, shape, spacing_arr, model)
+    if model.stain != "nucleus":
+        raise ValueError(f"NucleusModel.stain must be 'nucleus' or 'membrane', got {model.stain!r}")
     extent = np.asarray(shape) * spacing_arr
     cells = _place_cells(rng, extent, model, int(rng.integers(model.n_cells[0], model.n_cells[1] + 1)))
     labels, level, ideal = _render_labels(cells, shape, spacing_arr)
-
-    counts = np.bincount(labels.ravel(), minlength=len(cells) + 1)[1:]
-    keep = counts >= np.maximum(model.min_visible_fraction * ideal, 8)
-    new_ids = np.zeros(len(cells) + 1, dtype=np.int32)
-    new_ids[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+    keep, new_ids = _keep_visible(labels, ideal, model)
     labels = new_ids[labels]
     cells = [c for c, k in zip(cells, keep) if k]
 
     # intensity: per-cell brightness x chromatin texture x soft edge x depth attenuation, plus background
     brightness = np.concatenate([[0.0], [c.brightness for c in cells]]).astype(np.float32)
-    fine = _smooth_noise(rng, shape, 0.5 / spacing_arr)
-    coarse = _smooth_noise(rng, shape, 1.5 / spacing_arr)
+    fine = _smooth_noise(rng, shape, model.texture_um[0] / spacing_arr)
+    coarse = _smooth_noise(rng, shape, model.texture_um[1] / spacing_arr)
     chromatin = np.clip(1.0 + 0.22 * fine + 0.18 * coarse, 0.3, None)
     edge = np.sqrt(np.clip((1.0 - np.where(labels > 0, level, 1.0)) / 0.2, 0.0, 1.0))
     depth = (np.arange(shape[2]) + 0.5) * spacing_arr[2]
     attenuation = np.exp(-depth / rng.uniform(40.0, 120.0)).astype(np.float32)
     signal = brightness[labels] * chromatin * edge * attenuation[None, None, :]
-    signal += 0.04 + 0.06 * _coarse_field(rng, shape)
+    signal += _background(rng, shape)
     signal = ndimage.gaussian_filter(signal, sigma=np.asarray(model.psf_sigma_um) / spacing_arr, mode="nearest")
-
-    photons = rng.uniform(*model.photons)
-    counts_img = rng.poisson(np.clip(signal, 0, None) * photons).astype(np.float32)
-    counts_img += model.camera_offset + model.read_noise * rng.standard_normal(shape, dtype=np.float32)
-    image = np.clip(np.round(counts_img), 0, np.iinfo(np.uint16).max).astype(np.uint16)
-    return image, labels
+    return _camera(rng, signal, labels > 0, model), labels
 
 
 def write_synthetic_dataset(
@@ -227,16 +399,18 @@ def write_synthetic_dataset(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     n_cells: tuple[int, int] = (10, 40),
     file_format: str = "nii.gz",
+    model: NucleusModel | None = None,
 ) -> Path:
     """Write a dataset folder in the weak-annotation format (see :mod:`weakseg_monai.data.datalist`).
 
     Every item has boxes for all nuclei, a partial ``mask`` with a seeded, nested ``mask_fraction`` of
-    them, and the full ``gt_instances``. Returns the datalist path.
+    them, and the full ``gt_instances``. ``model`` (default: HL60-like with ``n_cells``) replaces ``n_cells``.
+    Returns the datalist path.
     """
     out = Path(out)
     if file_format not in ("nii.gz", "tif"):
         raise ValueError(f"file_format must be 'nii.gz' or 'tif', got {file_format!r}")
-    model = NucleusModel(n_cells=tuple(n_cells))
+    model = model if model is not None else NucleusModel(n_cells=tuple(n_cells))
     sections: dict[str, list[dict]] = {}
     for s_index, (section, count, prefix) in enumerate(
         [("training", n_train, "train"), ("validation", n_val, "val"), ("test", n_test, "test")]
@@ -282,3 +456,147 @@ def ensure_synthetic_dataset(out: str | Path, **kwargs) -> Path:
         return path
     logger.info("no dataset at %s: generating the synthetic HL60-like default", out)
     return write_synthetic_dataset(out, **kwargs)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """One dataset of the generalisation suite: generator model, voxel size (x, y, z) µm, stack shape, counts."""
+
+    name: str
+    model: NucleusModel
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    n_train: int
+    n_test: int
+    description: str
+
+
+MIN_EXTENT_VOX = (5, 5, 3)  # every object spans >= 5 voxels in x and y and >= 3 slices
+
+
+def _suite(*specs: SuiteSpec) -> dict[str, SuiteSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+SUITE: dict[str, SuiteSpec] = _suite(
+    SuiteSpec(
+        "hl60",
+        NucleusModel(min_extent_vox=MIN_EXTENT_VOX),
+        DEFAULT_SPACING,
+        DEFAULT_SHAPE,
+        13,
+        3,
+        "the default HL60-like stacks (7-11 µm nuclei), without border slivers thinner than the size rule",
+    ),
+    SuiteSpec(
+        "small-dense",
+        NucleusModel(
+            diameter_um=(3.4, 4.6),
+            n_cells=(60, 60),
+            touching_fraction=0.9,
+            volume_fraction=0.3,
+            psf_sigma_um=(0.12, 0.12, 0.35),
+            texture_um=(0.2, 0.6),
+            min_extent_vox=MIN_EXTENT_VOX,
+        ),
+        (0.13, 0.13, 0.28),
+        (128, 128, 64),
+        1,
+        3,
+        "4 µm nuclei, touching and clustered, one training volume",
+    ),
+    SuiteSpec(
+        "large-sparse",
+        NucleusModel(
+            diameter_um=(13.0, 17.0),
+            n_cells=(8, 16),
+            touching_fraction=0.25,
+            psf_sigma_um=(0.5, 0.5, 1.2),
+            texture_um=(0.8, 2.5),
+            min_extent_vox=MIN_EXTENT_VOX,
+        ),
+        (1.0, 1.0, 2.0),
+        (112, 112, 20),
+        3,
+        3,
+        "15 µm nuclei, few and mostly apart, coarse voxels",
+    ),
+    SuiteSpec(
+        "aniso5",
+        NucleusModel(
+            diameter_um=(5.0, 7.0),
+            n_cells=(20, 45),
+            psf_sigma_um=(0.15, 0.15, 0.7),
+            texture_um=(0.3, 1.0),
+            min_extent_vox=MIN_EXTENT_VOX,
+        ),
+        (0.2, 0.2, 1.0),
+        (160, 160, 24),
+        2,
+        3,
+        "6 µm nuclei, z 5x coarser than x and y",
+    ),
+    SuiteSpec(
+        "low-snr-uint8",
+        NucleusModel(
+            diameter_um=(7.0, 9.0), n_cells=(15, 35), peak_snr=3.0, dtype="uint8", min_extent_vox=MIN_EXTENT_VOX
+        ),
+        DEFAULT_SPACING,
+        DEFAULT_SHAPE,
+        4,
+        3,
+        "8 µm nuclei at peak SNR ~3, stored as uint8",
+    ),
+    SuiteSpec(
+        "crowd",
+        NucleusModel(
+            diameter_um=(5.6, 6.6),
+            n_cells=(70, 70),
+            touching_fraction=0.8,
+            small_fraction=0.02,
+            dividing_fraction=0.02,
+            overlap_tolerance=0.75,
+            contact_range=(0.78, 0.95),
+            volume_fraction=0.6,
+            psf_sigma_um=(0.2, 0.2, 0.5),
+            texture_um=(0.3, 1.0),
+            min_extent_vox=MIN_EXTENT_VOX,
+        ),
+        (0.25, 0.25, 0.5),
+        (96, 96, 32),
+        1,
+        3,
+        "6 µm nuclei packed to ~60% of the volume, overlapping (the lowest level wins), one training volume",
+    ),
+    SuiteSpec(
+        "membrane",
+        NucleusModel(
+            stain="membrane",
+            diameter_um=(8.0, 15.0),
+            n_cells=(200, 200),
+            overlap_tolerance=0.8,
+            psf_sigma_um=(0.12, 0.12, 0.35),
+            texture_um=(0.4, 2.0),
+            photons=(60.0, 200.0),
+            min_extent_vox=MIN_EXTENT_VOX,
+        ),
+        (0.15, 0.15, 0.25),
+        (160, 160, 64),
+        2,
+        3,
+        "8-15 µm cells of a packed tissue, bright thin walls (power tessellation), dark interiors",
+    ),
+)
+
+
+def write_suite_dataset(name: str, out: str | Path, seed: int = 0, mask_fraction: float = 0.2) -> Path:
+    """Write suite dataset ``name`` (a key of ``SUITE``) to ``out``: training and test, no validation.
+
+    Returns the datalist path.
+    """
+    if name not in SUITE:
+        raise KeyError(f"unknown suite dataset {name!r}; choose from {sorted(SUITE)}")
+    spec = SUITE[name]
+    return write_synthetic_dataset(
+        out, spec.n_train, 0, spec.n_test, mask_fraction, seed, spec.shape, spec.spacing, model=spec.model
+    )

@@ -1,0 +1,154 @@
+"""The training plan: extreme fingerprints, overrides, the CLI, and the plan's round trip through a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from weakseg_monai.data.datalist import load_validation_items, write_datalist
+from weakseg_monai.inference import WeakSegPredictor
+from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.planning import DatasetFingerprint, TrainingPlanner, dataset_fingerprint
+from weakseg_monai.planning.planner import (
+    SIZE_DIVISOR,
+    TARGET_OBJECT_VOXELS,
+    plan_iterations,
+    plan_nms_threshold,
+    plan_patch_size,
+    plan_val_interval,
+    plan_working_spacing,
+)
+
+from .conftest import make_tiny_item, run_cli
+
+HL60 = DatasetFingerprint(
+    n_volumes=13,
+    n_validation=4,
+    n_objects=338,
+    n_masked=68,
+    spacing_um=(0.5, 0.5, 1.0),
+    volume_voxels=(128, 128, 32),
+    volume_um=(64.0, 64.0, 32.0),
+    object_um_median=(8.5, 8.5, 8.0),
+    object_um_p10=(5.5, 5.4, 6.0),
+    object_um_p90=(11.0, 11.0, 11.0),
+    box_overlap_p95=0.09,
+    object_volume_fraction=0.07,
+    intensity={"dtype": ["uint16"], "p1": 97.0, "p50": 107.0, "p99.8": 210.0},
+)
+
+
+def _objects_in_working_voxels(fp: DatasetFingerprint, spacing) -> np.ndarray:
+    return np.asarray(fp.object_um_median) / np.asarray(spacing)
+
+
+def test_reference_dataset_keeps_its_spacing_and_the_architecture_defaults():
+    spacing = plan_working_spacing(HL60)
+    assert spacing == [0.5, 0.5, 1.0]
+    assert plan_patch_size(HL60, spacing) == [64, 64, 32]
+    assert plan_nms_threshold(HL60) == 0.3
+
+
+@pytest.mark.parametrize(
+    "name, spacing, size_um",
+    [
+        ("tiny objects, fine voxels", (0.13, 0.13, 0.28), (4.0, 4.0, 4.0)),
+        ("huge objects, coarse voxels", (1.0, 1.0, 2.0), (60.0, 60.0, 50.0)),
+        ("objects of 3 voxels", (1.0, 1.0, 1.0), (3.0, 3.0, 3.0)),
+        ("anisotropy 5x", (0.2, 0.2, 1.0), (6.0, 6.0, 6.0)),
+        ("isotropic fine", (0.1, 0.1, 0.1), (8.0, 8.0, 8.0)),
+    ],
+)
+def test_median_object_lands_in_the_band_the_network_was_built_for(name, spacing, size_um):
+    fp = replace(
+        HL60,
+        spacing_um=spacing,
+        object_um_median=size_um,
+        object_um_p10=tuple(0.7 * s for s in size_um),
+        object_um_p90=tuple(1.3 * s for s in size_um),
+    )
+    working = plan_working_spacing(fp)
+    voxels = _objects_in_working_voxels(fp, working)
+    assert 12 <= voxels[0] <= 28 and 12 <= voxels[1] <= 28, (name, working, voxels)
+    assert 4.5 <= voxels[2] <= 14.5, (name, working, voxels)
+    assert working[2] >= working[0], "z is never finer than in-plane"
+    patch = plan_patch_size(fp, working)
+    assert all(p % d == 0 and p >= d for p, d in zip(patch, SIZE_DIVISOR))
+    assert patch[0] >= min(2 * voxels[0], 64 if fp.volume_voxels[0] * spacing[0] / working[0] >= 64 else 0)
+
+
+def test_patch_never_exceeds_a_small_volume_much():
+    fp = replace(HL60, volume_voxels=(40, 36, 10), volume_um=(20.0, 18.0, 10.0))
+    patch = plan_patch_size(fp, plan_working_spacing(fp))
+    assert patch == [40, 40, 12]
+
+
+def test_touching_boxes_raise_the_nms_threshold_and_schedule_scales_with_objects():
+    assert plan_nms_threshold(replace(HL60, box_overlap_p95=0.35)) == pytest.approx(0.45)
+    assert plan_nms_threshold(replace(HL60, box_overlap_p95=0.9)) == 0.6
+    assert plan_iterations(replace(HL60, n_objects=30)) < plan_iterations(HL60)
+    assert plan_val_interval(1200) * 5 == 1200 and plan_val_interval(3) == 1
+
+
+def test_one_volume_without_validation_plans_and_validates_on_training(tmp_path, caplog):
+    write_datalist(tmp_path, {"training": [make_tiny_item(tmp_path)]})
+    fp = dataset_fingerprint(tmp_path)
+    assert (fp.n_volumes, fp.n_validation, fp.n_objects, fp.n_masked) == (1, 0, 2, 1)
+    assert fp.spacing_um == (0.5, 0.5, 1.0)
+    with caplog.at_level("WARNING"):
+        items = load_validation_items(tmp_path)
+    assert [i["id"] for i in items] == ["a"] and "no 'validation' items" in caplog.text
+
+
+def test_epochs_still_work_with_a_deprecation_warning(tmp_path):
+    write_datalist(tmp_path, {"training": [make_tiny_item(tmp_path, "a"), make_tiny_item(tmp_path, "b")]})
+    planner = TrainingPlanner(tmp_path)
+    with pytest.warns(FutureWarning, match="--iterations"):
+        assert planner.iterations(epochs=3) == 6
+
+
+def test_plan_cli_prints_the_plan_and_writes_json_where_asked(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_datalist(data, {"training": [make_tiny_item(data)]})
+    result = run_cli("-m", "weakseg_monai", "plan", str(data), "--out", str(tmp_path / "plan.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "working_spacing" in result.stdout and "iterations" in result.stdout
+    report = json.loads((tmp_path / "plan.json").read_text())
+    assert report["fingerprint"]["n_objects"] == 2 and report["overridden"] == []
+    assert sorted(p.name for p in data.iterdir()) == sorted(["datalist.json", "a_img.nii.gz", "a_mask.nii.gz",
+                                                             "a_gt.nii.gz"]), "nothing written into the dataset"
+
+
+def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
+    """Working spacing, anchors and thresholds travel in model.pt: a fresh WeakInstanceSegNet() gets them."""
+    planned = dict(
+        anchor_shapes=[[10.0, 10.0, 6.0], [16.0, 16.0, 10.0]],
+        working_spacing=[0.21, 0.21, 0.44],
+        score_thresh=0.35,
+        nms_thresh=0.45,
+    )
+    trained = WeakInstanceSegNet(**planned)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    loaded = WeakInstanceSegNet(anchor_shapes=[[1.0, 1.0, 1.0]] * 2)
+    loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert loaded.working_spacing.tolist() == pytest.approx(planned["working_spacing"])
+    assert loaded.anchor_shapes.tolist() == planned["anchor_shapes"]
+    assert float(loaded.score_thresh) == pytest.approx(0.35) and float(loaded.nms_thresh) == pytest.approx(0.45)
+    assert WeakSegPredictor(loaded).working_spacing == pytest.approx(tuple(planned["working_spacing"]))
+
+
+def test_checkpoints_from_before_the_threshold_buffers_still_load():
+    old = WeakInstanceSegNet().state_dict()
+    del old["score_thresh"], old["nms_thresh"]
+    model = WeakInstanceSegNet()
+    model.load_state_dict(old)
+    assert float(model.score_thresh) == pytest.approx(0.5) and float(model.nms_thresh) == pytest.approx(0.3)
+
+
+def test_targets_are_what_the_shipped_architecture_expects():
+    assert TARGET_OBJECT_VOXELS[0] / 4 >= 4, "the median object spans >= 4 cells of the detection stride"
