@@ -1,11 +1,13 @@
 """Ignite engines (MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` with detection iterations) and
 handlers for training and evaluating ``WeakInstanceSegNet``."""
 
+from weakseg_monai.engines.checkpoints import AtomicCheckpointSaver, latest_checkpoint
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter, WeakSegEvaluator
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
-from weakseg_monai.engines.trainer import WeakSegTrainer, latest_checkpoint, prepare_detection_batch
+from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "ModelSaver",
     "ScoreThresholdCalibrator",
     "TrainingProgress",

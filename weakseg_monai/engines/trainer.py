@@ -89,13 +89,3 @@ class WeakSegTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output = {Keys.LOSS: loss.item(), **{k: v.item() for k, v in losses.items()}}
         return engine.state.output
-
-
-def latest_checkpoint(ckpt_dir: str) -> str:
-    """Newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir`` (what ``--resume true`` continues from)."""
-    from pathlib import Path
-
-    found = sorted(Path(ckpt_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
-    if not found:
-        raise FileNotFoundError(f"--resume: no checkpoint_epoch=*.pt in {ckpt_dir}")
-    return str(found[-1])
