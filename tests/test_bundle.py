@@ -245,3 +245,17 @@ def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     labels = read_volume(tmp_path / "out" / "test_000_instances.nii.gz")
     assert labels.shape == read_volume(tiny_bundle_data / "images" / "test_000.nii.gz").shape
+
+
+def test_a_failing_bundle_run_ends_with_the_real_message(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "broken.nii.gz").write_bytes(b"not an image")
+    result = run_cli(
+        "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root",
+        str(BUNDLE_DIR), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("weakseg-monai error: RuntimeError: 1 of 1 inputs failed"), result.stderr[-1500:]
+    assert "broken.nii.gz" in last[1] and "cannot be read" in last[1] and last[1].count("broken.nii.gz") == 1

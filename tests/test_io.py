@@ -89,3 +89,34 @@ def test_any_memory_order_and_label_dtype_round_trips(tmp_path, suffix, dtype):
     np.testing.assert_array_equal(back, _volume())
     if suffix == ".tif":
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "f.tif"), _volume().transpose(2, 1, 0))
+
+
+def test_ome_physical_size_units_are_honoured(tmp_path):
+    path = tmp_path / "nm.ome.tif"
+    metadata = {
+        "axes": "ZYX",
+        "PhysicalSizeX": 500,
+        "PhysicalSizeXUnit": "nm",
+        "PhysicalSizeY": 0.5,
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeZ": 0.001,
+        "PhysicalSizeZUnit": "mm",
+    }
+    tifffile.imwrite(str(path), np.zeros((4, 8, 8), dtype=np.uint16), ome=True, metadata=metadata)
+    assert tiff_spacing(path) == pytest.approx((0.5, 0.5, 1.0))
+    bad = tmp_path / "furlong.ome.tif"
+    tifffile.imwrite(str(bad), np.zeros((4, 8, 8), dtype=np.uint16), ome=True,
+                     metadata=dict(metadata, PhysicalSizeXUnit="furlong"))
+    with pytest.raises(ValueError, match="furlong.ome.tif.*unit 'furlong'"):
+        tiff_spacing(bad)
+
+
+def test_an_absurd_spacing_is_refused_before_any_allocation():
+    import torch
+
+    from weakseg_monai.inference import WeakSegPredictor
+    from weakseg_monai.networks import WeakInstanceSegNet
+
+    predictor = WeakSegPredictor(WeakInstanceSegNet(channels=(8, 8, 8), mask_channels=8, roi_size=4))
+    with pytest.raises(ValueError, match=r"spacing \(500.0, 500.0, 1.0\) µm looks wrong.*--spacing"):
+        predictor(torch.zeros(1, 64, 64, 16), (500.0, 500.0, 1.0))

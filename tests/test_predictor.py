@@ -8,6 +8,7 @@ import torch
 from monai.transforms import ScaleIntensityRangePercentiles
 
 from weakseg_monai.data.instances import boxes_from_instances
+from weakseg_monai.data.io import write_volume
 from weakseg_monai.data.synthetic import NucleusModel, generate_stack
 from weakseg_monai.inference import WeakSegPredictor
 from weakseg_monai.inference.predictor import drop_vanished, scale_percentiles
@@ -51,3 +52,49 @@ def test_inference_normalisation_equals_the_training_transform(shape):
     np.testing.assert_allclose(ours.numpy(), np.asarray(monai), atol=1e-5)
     flat = torch.full(shape, 7.0)
     np.testing.assert_array_equal(scale_percentiles(flat, 1.0, 99.8).numpy(), np.zeros(shape, np.float32))
+
+
+def test_inputs_whose_outputs_collide_are_refused_before_any_work(tmp_path):
+    from weakseg_monai.inference.writer import list_inputs
+
+    write_volume(tmp_path / "a.nii.gz", np.zeros((8, 8, 4), dtype=np.uint16), (1.0, 1.0, 1.0))
+    write_volume(tmp_path / "a.tif", np.zeros((8, 8, 4), dtype=np.uint16), (1.0, 1.0, 1.0))
+    write_volume(tmp_path / "b.tif", np.zeros((8, 8, 4), dtype=np.uint16), (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"a.nii.gz and a.tif -> a_instances"):
+        list_inputs(tmp_path)
+
+
+def test_earlier_predictions_in_the_input_folder_are_not_segmented(tmp_path):
+    from weakseg_monai.inference.writer import list_inputs
+
+    write_volume(tmp_path / "a.nii.gz", np.zeros((8, 8, 4), dtype=np.uint16), (1.0, 1.0, 1.0))
+    write_volume(tmp_path / "a_instances.nii.gz", np.zeros((8, 8, 4), dtype=np.uint16), (1.0, 1.0, 1.0))
+    assert [p.name for p in list_inputs(tmp_path)] == ["a.nii.gz"]
+
+
+def test_an_unwritable_output_folder_fails_before_prediction_and_stale_temporaries_go(tmp_path):
+    from weakseg_monai.inference.writer import check_output_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="not writable.*--output_dir"):
+        check_output_dir(blocker / "out")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp_999999999_a_instances.nii.gz").write_bytes(b"partial")  # a PID that cannot be alive
+    check_output_dir(out)
+    assert not list(out.iterdir())
+
+
+def test_synth_refuses_a_non_empty_folder_unless_overwrite(tmp_path):
+    from .conftest import run_cli
+
+    (tmp_path / "datalist.json").write_text("{}")
+    refused = run_cli("-m", "weakseg_monai", "synth", "--out", str(tmp_path), "--n-train", "1", "--n-val", "0",
+                      "--n-test", "0", "--shape", "(32,32,8)")
+    assert refused.returncode == 2 and "--overwrite" in refused.stdout
+    assert (tmp_path / "datalist.json").read_text() == "{}"
+    done = run_cli("-m", "weakseg_monai", "synth", "--out", str(tmp_path), "--n-train", "1", "--n-val", "0",
+                   "--n-test", "0", "--shape", "(32,32,8)", "--overwrite")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "datalist.json").read_text() != "{}"

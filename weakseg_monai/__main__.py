@@ -25,17 +25,22 @@ def synth(
     large: bool = False,
     file_format: str = "nii.gz",
     preview: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Write a synthetic HL60-like weak-annotation dataset to OUT.
 
     --spacing and --shape are (x, y, z), e.g. ``--spacing "(0.5,0.5,1.0)"``. ``--large`` writes the paper's
     timing case instead of the default stacks: 649 x 639 x 64 voxels at 0.125 x 0.125 x 0.2 µm, ~20 nuclei.
     ``--preview`` also writes OUT/preview.png (xy / xz max projections of the first training stack).
+    OUT must be empty or new unless ``--overwrite`` (a dataset folder is never replaced by accident).
     """
     from weakseg_monai.data import synthetic
     from weakseg_monai.data.datalist import read_datalist, resolve_paths
     from weakseg_monai.data.io import read_volume
 
+    if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
+        print(f"{out} is not empty: refusing to write a dataset over it (pass --overwrite to replace its files)")
+        sys.exit(2)
     n_cells = (10, 40)
     if large:
         shape, spacing, n_cells = synthetic.LARGE_SHAPE, synthetic.LARGE_SPACING, (18, 24)

@@ -25,7 +25,34 @@ logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_UM_PER_UNIT = {"um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "nm": 1e-3, "mm": 1e3}
+_UM_PER_UNIT = {
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,  # Greek mu, as OME writes it
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "\\u00B5m": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "Å": 1e-4,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
+def _um_per(unit: str, path: str | Path) -> float:
+    """µm per ``unit`` (OME ``PhysicalSize*Unit`` / ImageJ ``unit``); an unknown unit is an error naming the file."""
+    key = unit.strip()
+    if key in _UM_PER_UNIT:
+        return _UM_PER_UNIT[key]
+    if key.lower() in _UM_PER_UNIT:
+        return _UM_PER_UNIT[key.lower()]
+    if key.lower() in ("pixel", "pixels", ""):  # ImageJ's "no calibration"
+        return 1.0
+    raise ValueError(f"{path}: unknown physical size unit {unit!r} in the TIFF metadata (use nm, µm or mm)")
 
 
 def is_tiff(path: str | Path) -> bool:
@@ -66,7 +93,8 @@ def read_volume(path: str | Path) -> np.ndarray:
             return read_tiff_xyz(path)
         data = LoadImage(image_only=True, dtype=None)(str(path))
     except Exception as err:  # MONAI and tifffile raise several types for a broken file
-        raise OSError(f"{path}: cannot be read ({err})") from err
+        reason = str(err).replace(str(path), "the file")  # name the path once, in front
+        raise OSError(f"{path}: cannot be read ({reason})") from err
     return np.asarray(data)
 
 
@@ -78,13 +106,14 @@ def tiff_spacing(path: str | Path) -> tuple[float, float, float] | None:
             for axis in "XYZ":
                 match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
                 if match:
-                    sizes[axis] = float(match.group(1))
+                    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
+                    sizes[axis] = float(match.group(1)) * _um_per(unit.group(1) if unit else "µm", path)
             if len(sizes) == 3:
                 return as_spacing((sizes["X"], sizes["Y"], sizes["Z"]))
         meta = tif.imagej_metadata
         if meta and "spacing" in meta:
             page = tif.pages.first
-            scale = _UM_PER_UNIT.get(str(meta.get("unit", "um")), 1.0)
+            scale = _um_per(str(meta.get("unit", "um")), path)
             try:
                 xres = page.tags["XResolution"].value
                 yres = page.tags["YResolution"].value

@@ -12,6 +12,7 @@ and finally boxes and labels mapped back to the input's voxel grid.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,6 +73,7 @@ class WeakSegPredictor:
     def preprocess(self, image: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
         """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing, and the zoom."""
         new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
+        check_working_size(image.shape[1:], spacing, new)
         x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new)
         lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
         return scale_percentiles(x, lower, upper), zoom
@@ -143,6 +145,28 @@ class WeakSegPredictor:
             # nearest-exact hits every working voxel, so the full-size output needs no second pass.
             instances = drop_vanished(instances, found)
         return dict(found, instances=instances.numpy())
+
+
+def physical_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return 1 << 62
+
+
+def check_working_size(shape: Sequence[int], spacing: Sequence[float], working: Sequence[int]) -> None:
+    """Refuse, before any allocation, a volume whose spacing would resample it past this machine's memory (a
+    float32 copy at the working spacing larger than physical RAM): almost always a wrong spacing or unit."""
+    needed = 4 * float(np.prod(np.asarray(working, dtype=np.float64)))
+    if needed > physical_memory_bytes():
+        size = tuple(int(s) for s in shape)
+        grid = tuple(int(s) for s in working)
+        raise ValueError(
+            f"spacing {tuple(float(s) for s in spacing)} µm looks wrong: it resamples the {size} volume to {grid} "
+            f"voxels at the model's working spacing ({needed / 1e9:.3g} GB for one float32 copy, more than this "
+            f"machine's memory). Check the file's physical size and unit, or pass the right one with "
+            f'--spacing "[x, y, z]" (µm)'
+        )
 
 
 def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torch.Tensor:

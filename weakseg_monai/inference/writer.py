@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,11 @@ logger = logging.getLogger(__name__)
 INPUT_SUFFIXES = (".nii", ".nii.gz", *TIFF_SUFFIXES)
 
 
-def _stem(path: Path) -> str:
+OUTPUT_SUFFIX = "_instances"  # NAME_instances.EXT, NAME_boxes.json, NAME_preview.png: a promise to readers
+
+
+def output_stem(path: Path) -> str:
+    """``NAME`` of ``NAME.nii.gz`` / ``NAME.ome.tif`` / ...: the stem every output of that input is named by."""
     name = path.name
     for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
         if name.lower().endswith(suffix):
@@ -31,16 +38,68 @@ def _stem(path: Path) -> str:
 
 
 def list_inputs(input_path: str | Path) -> list[Path]:
-    """One file, or the NIfTI / TIFF files of a folder (sorted)."""
+    """One file, or the NIfTI / TIFF files of a folder (sorted), without our own label outputs
+    (``*_instances.*``), so a folder that holds earlier predictions does not get them segmented as images.
+
+    Raises before any work when two inputs would write the same outputs (``a.nii.gz`` and ``a.tif``).
+    """
     path = Path(input_path)
     if path.is_file():
         return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(INPUT_SUFFIXES))
-        if not files:
-            raise FileNotFoundError(f"no NIfTI or TIFF files in {path}")
-        return files
-    raise FileNotFoundError(f"no such file or folder: {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(INPUT_SUFFIXES))
+    ours = [p for p in files if output_stem(p).endswith(OUTPUT_SUFFIX)]
+    if ours:
+        logger.info("%s: skipping %d earlier prediction(s) (*%s.*)", path, len(ours), OUTPUT_SUFFIX)
+    files = [p for p in files if p not in ours]
+    if not files:
+        raise FileNotFoundError(f"no NIfTI or TIFF files in {path}")
+    by_stem: dict[str, list[str]] = {}
+    for p in files:
+        by_stem.setdefault(output_stem(p), []).append(p.name)
+    clashes = {stem: names for stem, names in by_stem.items() if len(names) > 1}
+    if clashes:
+        listed = "; ".join(f"{' and '.join(names)} -> {stem}{OUTPUT_SUFFIX}.*" for stem, names in clashes.items())
+        raise ValueError(
+            f"{path}: inputs whose outputs would overwrite each other: {listed}. Rename one of each, or run them "
+            "into different --output_dir folders"
+        )
+    return files
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` and check it is writable, before any prediction is computed."""
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tmp_{os.getpid()}_write_check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or err
+        raise OSError(f"output folder {out} is not writable ({reason}); choose another --output_dir") from err
+    remove_stale_temporaries(out)
+    return out
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.tmp_PID_*`` files that a killed run (a PID no longer alive) left in ``out``."""
+    for tmp in out.glob(".tmp_*_*"):
+        pid = tmp.name.split("_")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            logger.info("removed %s, left by an interrupted run", tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_input(
@@ -80,7 +139,7 @@ def save_prediction(
     """Write ``<stem>_instances.<same format>``, ``<stem>_boxes.json`` and ``<stem>_preview.png``."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = _stem(source)
+    stem = output_stem(source)
     suffix = ".nii.gz" if is_nifti(source) else ".tif"
     targets = {"instances": out / f"{stem}_instances{suffix}", "boxes": out / f"{stem}_boxes.json"}
     if preview:
@@ -128,9 +187,33 @@ def run_inference(
 
     Returns one summary dict per input (path, instances, seconds).
     """
+    files = list_inputs(input_path)
+    check_output_dir(output_dir)
+    with _terminate_as_exit():
+        return _predict_all(predictor, files, output_dir, preview, spacing)
+
+
+@contextmanager
+def _terminate_as_exit():
+    """SIGTERM (a scheduler's kill, Ctrl-C's cousin) raises SystemExit while inference runs, so the writers'
+    ``finally`` blocks remove their temporary files instead of leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _predict_all(predictor, files: list[Path], output_dir, preview: bool, spacing) -> list[dict]:
     import torch
 
-    files = list_inputs(input_path)
     summaries, failures = [], []
     for i, path in enumerate(files, start=1):
         start = time.perf_counter()
@@ -139,8 +222,9 @@ def run_inference(
             prediction = predictor(torch.from_numpy(array.astype(np.float32))[None], used_spacing)
             written = save_prediction(prediction, array, path, output_dir, used_spacing, affine, preview)
         except (OSError, ValueError, RuntimeError) as err:
-            logger.error("[%d/%d] %s: %s", i, len(files), path, err)
-            failures.append(f"{path}: {err}")
+            message = str(err) if str(path) in str(err) else f"{path}: {err}"  # no path twice
+            logger.error("[%d/%d] %s", i, len(files), message)
+            failures.append(message)
             continue
         seconds = time.perf_counter() - start
         logger.info(
@@ -158,4 +242,4 @@ def run_inference(
     return summaries
 
 
-__all__ = ["run_inference", "save_prediction", "list_inputs", "load_input"]
+__all__ = ["run_inference", "save_prediction", "list_inputs", "load_input", "output_stem", "check_output_dir"]

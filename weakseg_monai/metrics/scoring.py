@@ -8,7 +8,7 @@ import numpy as np
 
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
 from weakseg_monai.data.io import read_volume
-from weakseg_monai.inference.writer import INPUT_SUFFIXES, _stem
+from weakseg_monai.inference.writer import INPUT_SUFFIXES, output_stem
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, segmentation_f1
 
@@ -18,12 +18,12 @@ def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Pat
     preds = {}
     for p in Path(pred_dir).iterdir():
         if p.name.lower().endswith(INPUT_SUFFIXES):
-            preds[_stem(p).removesuffix("_instances")] = p
+            preds[output_stem(p).removesuffix("_instances")] = p
     pairs, missing = [], []
     for g in sorted(Path(gt_dir).iterdir()):
         if not g.name.lower().endswith(INPUT_SUFFIXES):
             continue
-        stem = _stem(g)
+        stem = output_stem(g)
         match = preds.get(stem) or preds.get(stem.removesuffix("_gt"))
         (pairs.append((g, match)) if match else missing.append(g.name))
     if missing:
@@ -54,6 +54,6 @@ def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> dict:
         gt, pred = read_volume(g), read_volume(p)
         if gt.shape != pred.shape:
             raise ValueError(f"{p.name}: shape {pred.shape} differs from the ground truth {gt.shape}")
-        rows.append({"id": _stem(g), **score_pair(gt, pred)})
+        rows.append({"id": output_stem(g), **score_pair(gt, pred)})
     keys = [k for k in rows[0] if k != "id"]
     return {"items": rows, "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}}
