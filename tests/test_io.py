@@ -120,3 +120,16 @@ def test_an_absurd_spacing_is_refused_before_any_allocation():
     predictor = WeakSegPredictor(WeakInstanceSegNet(channels=(8, 8, 8), mask_channels=8, roi_size=4))
     with pytest.raises(ValueError, match=r"spacing \(500.0, 500.0, 1.0\) µm looks wrong.*--spacing"):
         predictor(torch.zeros(1, 64, 64, 16), (500.0, 500.0, 1.0))
+
+
+def test_truncated_and_multichannel_tiffs_say_what_is_wrong(tmp_path):
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(str(full), np.zeros((8, 16, 16), dtype=np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    data = full.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    with pytest.raises(OSError, match="cut.tif: truncated.*announces 8 pages but the file holds 1"):
+        read_volume(tmp_path / "cut.tif")
+    zcyx = tmp_path / "zcyx.tif"
+    tifffile.imwrite(str(zcyx), np.zeros((4, 2, 16, 16), dtype=np.uint16), imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(ValueError, match=r"zcyx.tif: TIFF axes ZCYX .*2 along C.*nuclear channel"):
+        read_volume(zcyx)

@@ -110,3 +110,31 @@ def test_cli_exit_codes(tiny_dataset):
     bad = run_cli("-m", "weakseg_monai", "validate", str(tiny_dataset))
     assert bad.returncode == 1
     assert "outside the image" in bad.stdout
+
+
+@pytest.mark.parametrize(
+    "raw, field, text",
+    [
+        ("train_000.nii.gz", "item", "expected a JSON object"),
+        ({"image": "a_img.nii.gz", "box": [[2, 3, 1, 8, 9, 4]], "label": 0}, "label", "got 0; expected a list"),
+        ({"image": "a_img.nii.gz", "box": [[2, 3, 1, 8, 9, 4]], "mask_annotated": True}, "mask_annotated", "got True"),
+        ({"image": 7, "box": []}, "image", "got 7; expected a path"),
+        ({"image": "a_img.nii.gz", "box": [["2", 3, 1, 8, 9, 4]]}, "box", "[0][0] got '2'"),
+        ({"image": "a_img.nii.gz", "box": [], "spacing": "0.5,0.5,1"}, "spacing", "got '0.5,0.5,1'; expected 3"),
+        ({"box": []}, "image", "missing"),
+    ],
+)
+def test_malformed_structure_is_reported_without_traceback(tiny_dataset, raw, field, text):
+    data = read_datalist(tiny_dataset)
+    data["training"].append(raw)
+    write_datalist(tiny_dataset, data)
+    errors = [p for p in validate_dataset(tiny_dataset).errors if p.where.startswith("training[1]")]
+    assert [p.field for p in errors] == [field], errors
+    assert text in errors[0].message and errors[0].file.endswith("datalist.json")
+
+
+def test_a_datalist_without_training_items_is_refused_by_training(tmp_path):
+    write_datalist(tmp_path, {"test": [make_tiny_item(tmp_path)]})
+    assert validate_dataset(tmp_path).ok, "fine for evaluation"
+    with pytest.raises(DatasetError, match="no training items.*a training run needs some"):
+        check_dataset(tmp_path, require_training=True)

@@ -70,7 +70,22 @@ def read_tiff_xyz(path: str | Path) -> np.ndarray:
     tifffile reads it in ~0.1 s. A stored (z, y, x) stack is turned around once, here; a 2D page stays 2D
     and several channels stay a 4th axis, as ``LoadImage`` would give, so the checks downstream still apply.
     """
-    array = tifffile.imread(str(path))
+    with tifffile.TiffFile(str(path)) as tif:
+        series = tif.series[0]
+        announced = int((tif.imagej_metadata or {}).get("images", 0))
+        if announced > len(tif.pages):
+            raise OSError(
+                f"{path}: truncated or corrupted TIFF: its ImageJ header announces {announced} pages but the file "
+                f"holds {len(tif.pages)} (an interrupted copy or save?)"
+            )
+        extra = [(a, n) for a, n in zip(series.axes, series.shape) if a not in "ZYXQI" and n > 1]
+        if extra:
+            listed = ", ".join(f"{n} along {a}" for a, n in extra)
+            raise ValueError(
+                f"{path}: TIFF axes {series.axes} {tuple(series.shape)} hold more than one 3D volume ({listed}; "
+                f"C = channels, T = time points): save the nuclear channel / one time point as a (z, y, x) stack"
+            )
+        array = series.asarray()
     if array.ndim == 3:
         return np.ascontiguousarray(array.transpose(2, 1, 0))
     if array.ndim == 2:
@@ -93,6 +108,8 @@ def read_volume(path: str | Path) -> np.ndarray:
             return read_tiff_xyz(path)
         data = LoadImage(image_only=True, dtype=None)(str(path))
     except Exception as err:  # MONAI and tifffile raise several types for a broken file
+        if str(err).startswith(str(path)):  # already our own message about this file
+            raise
         reason = str(err).replace(str(path), "the file")  # name the path once, in front
         raise OSError(f"{path}: cannot be read ({reason})") from err
     return np.asarray(data)

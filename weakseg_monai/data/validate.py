@@ -7,7 +7,7 @@ whether it is found by the validator or by a training run.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from scipy import ndimage
 from weakseg_monai.conventions import as_spacing
 from weakseg_monai.data.datalist import SECTIONS, datalist_path, item_id, read_datalist, resolve_paths
 from weakseg_monai.data.io import read_volume
+from weakseg_monai.data.schema import structure_errors
 
 
 class DatasetError(ValueError):
@@ -149,9 +150,10 @@ def _check_mask(
 
 def check_item(item: dict, where: str = "item", read_volumes: bool = True) -> list[Problem]:
     """All problems of one item whose paths are already absolute (see ``resolve_paths``)."""
+    structure = structure_errors(item)
+    if structure:  # values are checked only on a well-formed item
+        return [Problem("error", where, name, message) for name, message in structure]
     problems: list[Problem] = []
-    if not item.get("image"):
-        return [Problem("error", where, "image", "missing")]
     if "box" not in item:
         problems.append(Problem("error", where, "box", "missing (one box per instance is required)"))
     if "spacing" in item:
@@ -238,9 +240,11 @@ def validate_dataset(dataset: str | Path, read_volumes: bool = True) -> Validati
             report.add([Problem("error", section, section, "must be a list of items", str(path))])
             continue
         for i, raw in enumerate(items):
-            where = f"{section}[{i}] (id={item_id(raw, i)})"
-            if not isinstance(raw, dict):
-                report.add([Problem("error", where, "item", "must be a JSON object")])
+            where = f"{section}[{i}]" + (f" (id={item_id(raw, i)})" if isinstance(raw, dict) else "")
+            structure = structure_errors(raw)
+            if structure:
+                report.add([Problem("error", where, name, message, str(path)) for name, message in structure])
+                report.n_items += 1
                 continue
             ids[item_id(raw, i)] += 1
             report.add(check_item(resolve_paths(raw, base), where, read_volumes))
@@ -259,6 +263,10 @@ def validate_dataset(dataset: str | Path, read_volumes: bool = True) -> Validati
     return report
 
 
+def _is_missing_training(problem: Problem) -> bool:
+    return problem.where == "datalist" and problem.field == "training"
+
+
 def raise_for_problems(problems: list[Problem]) -> None:
     """Raise ``DatasetError`` listing every error (warnings are not raised)."""
     errors = [p for p in problems if p.level == "error"]
@@ -266,11 +274,18 @@ def raise_for_problems(problems: list[Problem]) -> None:
         raise DatasetError("invalid dataset item:\n  " + "\n  ".join(str(p) for p in errors))
 
 
-def check_dataset(dataset: str | Path, read_volumes: bool = True) -> ValidationReport:
-    """Validate a dataset and raise ``DatasetError`` on any error; log the summary and warnings."""
+def check_dataset(dataset: str | Path, read_volumes: bool = True, require_training: bool = False) -> ValidationReport:
+    """Validate a dataset and raise ``DatasetError`` on any error; log the summary and warnings.
+
+    ``require_training``: no ``training`` items is an error (what a training run needs), not a warning.
+    """
     import logging
 
     report = validate_dataset(dataset, read_volumes)
+    if require_training:
+        for p in [w for w in report.warnings if _is_missing_training(w)]:
+            report.warnings.remove(p)
+            report.errors.append(replace(p, level="error", message=p.message + " (a training run needs some)"))
     log = logging.getLogger(__name__)
     for p in report.warnings:
         log.warning("%s", p)
