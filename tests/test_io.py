@@ -133,3 +133,14 @@ def test_truncated_and_multichannel_tiffs_say_what_is_wrong(tmp_path):
     tifffile.imwrite(str(zcyx), np.zeros((4, 2, 16, 16), dtype=np.uint16), imagej=True, metadata={"axes": "ZCYX"})
     with pytest.raises(ValueError, match=r"zcyx.tif: TIFF axes ZCYX .*2 along C.*nuclear channel"):
         read_volume(zcyx)
+
+
+@pytest.mark.parametrize("shape, spacing", [((1, 128, 32), (1.0, 1.0, 1.0)), ((2, 700, 80), (0.1, 0.1, 5.0))])
+def test_the_preview_of_a_thin_volume_stays_small(tmp_path, shape, spacing):
+    from PIL import Image
+
+    from weakseg_monai.data.preview import save_preview
+
+    path = save_preview(tmp_path / "p.png", np.random.rand(*shape), np.zeros(shape, np.int32), spacing, "thin")
+    width, height = Image.open(path).size
+    assert width <= 1000 and height <= 2500

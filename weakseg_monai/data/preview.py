@@ -27,6 +27,10 @@ def projection_outlines(instances: np.ndarray, axis: int) -> np.ndarray:
     return outline
 
 
+PREVIEW_WIDTH_IN = 6.0
+PANEL_HEIGHT_IN = (0.8, 10.0)  # bounds of each panel's height: the PNG stays under ~700 x 2300 pixels
+
+
 def save_preview(
     path: str | Path,
     image: np.ndarray,
@@ -37,18 +41,16 @@ def save_preview(
     """Write xy and xz max-intensity projections of an (x, y, z) image, outlines in colour, physical aspect."""
     image = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(image, [1, 99.8])
+    extent = [n * float(s) for n, s in zip(image.shape, spacing)]  # µm
+    heights = [PREVIEW_WIDTH_IN * extent[1] / extent[0], PREVIEW_WIDTH_IN * extent[2] / extent[0]]
+    panels = [min(max(h, PANEL_HEIGHT_IN[0]), PANEL_HEIGHT_IN[1]) for h in heights]
+    physical = panels == heights  # extreme shapes (a 1-voxel-thin volume) get bounded panels, stretched
     fig, axes = plt.subplots(
-        2,
-        1,
-        figsize=(
-            6,
-            6 * (image.shape[1] * spacing[1] + image.shape[2] * spacing[2]) / (image.shape[0] * spacing[0]) + 0.6,
-        ),
-        gridspec_kw={"height_ratios": [image.shape[1] * spacing[1], image.shape[2] * spacing[2]]},
+        2, 1, figsize=(PREVIEW_WIDTH_IN, sum(panels) + 0.6), gridspec_kw={"height_ratios": panels}
     )
     for ax, axis, name, aspect in (
-        (axes[0], 2, "xy (max over z)", spacing[1] / spacing[0]),
-        (axes[1], 1, "xz (max over y)", spacing[2] / spacing[0]),
+        (axes[0], 2, "xy (max over z)", spacing[1] / spacing[0] if physical else "auto"),
+        (axes[1], 1, "xz (max over y)", spacing[2] / spacing[0] if physical else "auto"),
     ):
         mip = image.max(axis=axis).T  # rows = second remaining axis, columns = x
         ax.imshow(mip, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, origin="lower", interpolation="nearest")

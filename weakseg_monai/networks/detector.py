@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import clip_boxes_to_image
@@ -38,6 +39,7 @@ DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.
 DEFAULT_CHANNELS = (16, 32, 48)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
 DEFAULT_BLOCKS = (1, 2, 2)
+LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
 
 
 class VoxResDetectorNet(nn.Module):
@@ -92,7 +94,8 @@ class WeakInstanceSegNet(nn.Module):
         neg_pos_ratio, min_negatives, hard_negatives: anchor sampling for the log loss.
         reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
         mask_rois_per_image: at most this many annotated RoIs per image enter the mask loss.
-        score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference.
+        score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference (the two
+            limits per 128 x 128 x 32 working voxels, scaled with the volume; a warning says when they cut).
         working_spacing: (x, y, z) µm the model is trained and run at; intensity_percentiles: the per-image
             normalisation rule (lower, upper percentiles mapped to 0, 1). These, ``anchor_shapes``,
             ``score_thresh`` and ``nms_thresh`` are buffers, so a checkpoint carries the whole plan inference
@@ -281,6 +284,15 @@ class WeakInstanceSegNet(nn.Module):
         mask_targets = project_masks_on_boxes(volumes, ids, boxes, self.mask_head.mask_size, batch)
         return partial_mask_loss(logits, mask_targets, torch.cat(roi_weights))
 
+    def detection_limits(self, spatial: Sequence[int]) -> tuple[int, int]:
+        """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels.
+
+        The constructor's values hold per ``LIMIT_REFERENCE_VOXELS`` (a 128 x 128 x 32 tile) and scale with
+        the volume, so a stitched light-sheet stack of thousands of nuclei is not capped at a tile's count.
+        """
+        scale = max(1.0, float(np.prod([int(s) for s in spatial])) / LIMIT_REFERENCE_VOXELS)
+        return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
+
     @torch.no_grad()
     def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
         """Second half of inference from the dense outputs (whole volume or stitched sliding windows):
@@ -288,6 +300,7 @@ class WeakInstanceSegNet(nn.Module):
         anchors = self.anchors(spatial, out["cls_logits"])
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
+        topk, max_detections = self.detection_limits(spatial)
         results = []
         for i in range(cls_logits.shape[0]):
             boxes, scores, classes = select_detections(
@@ -297,9 +310,9 @@ class WeakInstanceSegNet(nn.Module):
                 self.box_coder,
                 spatial,
                 float(self.score_thresh),
-                self.topk_candidates,
+                topk,
                 float(self.nms_thresh),
-                self.detections_per_image,
+                max_detections,
             )
             results.append(
                 self.segment_boxes(out["fine"][i : i + 1], out["coarse"][i : i + 1], boxes, scores, classes, spatial)

@@ -6,6 +6,7 @@ pasting RoI masks back into a label volume with "higher score wins" is written h
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import batched_nms, clip_boxes_to_image
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 
 def select_detections(
@@ -36,6 +39,10 @@ def select_detections(
     probs = torch.softmax(cls_logits.float(), dim=1)[:, 1:].reshape(-1)
     candidates = torch.nonzero(probs > score_thresh).squeeze(1)
     if candidates.numel() > topk_candidates:
+        logger.warning(
+            "%d candidates above score %.2f, only the top %d go to NMS (topk_candidates): objects may be lost",
+            candidates.numel(), score_thresh, topk_candidates,
+        )
         candidates = candidates[torch.topk(probs[candidates], topk_candidates).indices]
     scores = probs[candidates]
     anchor_idx = torch.div(candidates, num_classes - 1, rounding_mode="floor")
@@ -44,7 +51,13 @@ def select_detections(
     boxes, _ = clip_boxes_to_image(boxes, spatial_size, remove_empty=False)
     big = ((boxes[:, 3:] - boxes[:, :3]) >= min_size).all(dim=1)
     boxes, scores, classes = boxes[big], scores[big], classes[big]
-    keep = batched_nms(boxes, scores, classes, nms_thresh, max_proposals=detections_per_image)
+    keep = batched_nms(boxes, scores, classes, nms_thresh, max_proposals=-1)
+    if keep.numel() > detections_per_image:
+        logger.warning(
+            "%d detections after NMS, keeping the %d best (detections_per_image): objects are lost",
+            keep.numel(), detections_per_image,
+        )
+        keep = keep[:detections_per_image]
     return boxes[keep], scores[keep], classes[keep]
 
 
