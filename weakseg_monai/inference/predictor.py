@@ -39,14 +39,19 @@ def scale_percentiles(x: torch.Tensor, lower: float, upper: float) -> torch.Tens
 
 
 class WeakSegPredictor:
+    blockwise = True
+
     """Run a ``WeakInstanceSegNet`` on volumes of any size and spacing.
 
     Args:
         network: the model (its buffers give working spacing and intensity rule).
-        roi_size: sliding-window size (x, y, z) at the working spacing (rounded to the size divisor).
+        roi_size: sliding-window size (x, y, z) at the working spacing (rounded to the size divisor), for dense
+            models without a second stage (the baseline).
+        block_size: core size (x, y, z) in working voxels of the blocks of a large volume (a halo is added).
         overlap: sliding-window overlap.
         sw_batch_size: windows per forward pass.
-        max_whole_voxels: volumes (after resampling) up to this many voxels run in one pass.
+        max_whole_voxels: volumes (after resampling) up to this many voxels run in one pass; larger ones block
+            by block in bounded memory (``weakseg_monai.inference.blockwise``).
         device: where the network runs.
     """
 
@@ -58,12 +63,14 @@ class WeakSegPredictor:
         sw_batch_size: int = 2,
         max_whole_voxels: int = 4_000_000,
         device: str | torch.device = "cpu",
+        block_size: Sequence[int] = (192, 192, 64),
     ) -> None:
         self.network = network
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
         self.max_whole_voxels = max_whole_voxels
+        self.block_size = tuple(int(b) for b in block_size)
         self.device = torch.device(device)
 
     @property
@@ -77,6 +84,18 @@ class WeakSegPredictor:
         x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new)
         lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
         return scale_percentiles(x, lower, upper), zoom
+
+    def predict_blockwise(self, image: torch.Tensor, zoom: np.ndarray) -> dict[str, np.ndarray]:
+        """A volume larger than ``max_whole_voxels`` at the working spacing: block by block, bounded memory
+        (``weakseg_monai.inference.blockwise``), percentiles over the whole volume."""
+        from weakseg_monai.inference.blockwise import predict_blockwise
+
+        array = image[0].numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
+        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
+        low, high = np.percentile(array, [lower, upper])
+        return predict_blockwise(
+            self.network, array, zoom, (float(low), float(high)), self.block_size, device=self.device
+        )
 
     def dense_module(self) -> torch.nn.Module:
         """The part that runs per window: the detector's dense network (backbone + detection head)."""
@@ -128,6 +147,10 @@ class WeakSegPredictor:
         """
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"expected a single-channel (1, X, Y, Z) volume, got shape {tuple(image.shape)}")
+        new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
+        check_working_size(image.shape[1:], spacing, new)
+        if int(np.prod(new)) > self.max_whole_voxels and self.blockwise:
+            return self.predict_blockwise(image, zoom)
         x, zoom = self.preprocess(image, spacing)
         result = self.predict_working(x)
         original = tuple(int(s) for s in image.shape[1:])
@@ -180,12 +203,26 @@ def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torc
 
 
 class BaselinePredictor(WeakSegPredictor):
+    blockwise = False  # a dense semantic model: MONAI's stitched sliding window is the right tool
+
     """The VoxResNet + boundary + connected-components baseline behind the same preprocessing, sliding
     window and output mapping as ``WeakSegPredictor`` (so both are scored and timed alike)."""
 
     def __init__(self, network, min_voxels: int = 10, **kwargs) -> None:
         super().__init__(network, **kwargs)
         self.min_voxels = min_voxels
+
+    def predict_blockwise(self, image: torch.Tensor, zoom: np.ndarray) -> dict[str, np.ndarray]:
+        """A volume larger than ``max_whole_voxels`` at the working spacing: block by block, bounded memory
+        (``weakseg_monai.inference.blockwise``), percentiles over the whole volume."""
+        from weakseg_monai.inference.blockwise import predict_blockwise
+
+        array = image[0].numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
+        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
+        low, high = np.percentile(array, [lower, upper])
+        return predict_blockwise(
+            self.network, array, zoom, (float(low), float(high)), self.block_size, device=self.device
+        )
 
     def dense_module(self) -> torch.nn.Module:
         return self.network

@@ -295,15 +295,24 @@ class WeakInstanceSegNet(nn.Module):
 
     @torch.no_grad()
     def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
-        """Second half of inference from the dense outputs (whole volume or stitched sliding windows):
-        anchors, top-k, 3D NMS, RoIAlign mask head and paste-back, for each image of the batch."""
+        """Second half of inference from the dense outputs (whole volume or one block): anchors, top-k, 3D NMS,
+        RoIAlign mask head and paste-back, for each image of the batch."""
+        results = []
+        for i, (boxes, scores, classes) in enumerate(self.select_boxes(out, spatial)):
+            results.append(
+                self.segment_boxes(out["fine"][i : i + 1], out["coarse"][i : i + 1], boxes, scores, classes, spatial)
+            )
+        return results
+
+    @torch.no_grad()
+    def select_boxes(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``(boxes (K, 6), scores (K,), class indices (K,))`` per image: threshold, top-k, 3D NMS."""
         anchors = self.anchors(spatial, out["cls_logits"])
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
         topk, max_detections = self.detection_limits(spatial)
-        results = []
-        for i in range(cls_logits.shape[0]):
-            boxes, scores, classes = select_detections(
+        return [
+            select_detections(
                 cls_logits[i],
                 box_deltas[i],
                 anchors,
@@ -314,18 +323,21 @@ class WeakInstanceSegNet(nn.Module):
                 float(self.nms_thresh),
                 max_detections,
             )
-            results.append(
-                self.segment_boxes(out["fine"][i : i + 1], out["coarse"][i : i + 1], boxes, scores, classes, spatial)
-            )
-        return results
+            for i in range(cls_logits.shape[0])
+        ]
+
+    @torch.no_grad()
+    def mask_probabilities(self, fine: Tensor, coarse: Tensor, boxes: Tensor) -> Tensor:
+        """``(K, M, M, M)`` mask probabilities of the ``(K, 6)`` boxes of one image (``fine``/``coarse``: batch 1)."""
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+        return torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
 
     def segment_boxes(
         self, fine: Tensor, coarse: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, spatial: Sequence[int]
     ) -> dict[str, Tensor]:
         """Second stage for one image: masks of the detected boxes pasted into an instance label volume."""
         if boxes.shape[0]:
-            rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
-            probs = torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
+            probs = self.mask_probabilities(fine, coarse, boxes)
             instances, keep = paste_masks_in_volume(probs, boxes, scores, spatial, self.mask_threshold)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         else:
