@@ -119,3 +119,24 @@ def test_more_than_300_nuclei_are_all_found(tmp_path):
     gt_boxes = boxes_from_instances(tiled_gt)
     assert len(gt_boxes) > 400
     assert detection_f1(gt_boxes, result["boxes"])["f1"] >= 0.9
+
+
+def test_a_wrong_spacing_gets_a_size_warning(tmp_path, caplog):
+    """The shipped sample declared at 3x its voxel size: its nuclei look ~3x larger than trained on."""
+    import logging
+
+    from weakseg_monai.inference import run_inference
+    from weakseg_monai.inference.predictor import scale_mismatch
+
+    from .test_bundle import BUNDLE_DIR
+
+    model = shipped_model()
+    sample = BUNDLE_DIR / "sample" / "sample_000.nii.gz"
+    with caplog.at_level(logging.WARNING):
+        run_inference(WeakSegPredictor(model), sample, tmp_path / "right", preview=False)
+    assert "than the model was trained on" not in caplog.text
+    boxes = boxes_from_instances(generate_stack([3], shape=(96, 96, 32))[1])
+    assert "larger than the model" in scale_mismatch(boxes, (1.5, 1.5, 3.0), model)
+    assert "smaller than the model" in scale_mismatch(boxes, (0.15, 0.15, 0.3), model)
+    assert scale_mismatch(boxes, (0.5, 0.5, 1.0), model) is None
+    assert "no objects found" in scale_mismatch(np.zeros((0, 6)), (0.5, 0.5, 1.0), model)

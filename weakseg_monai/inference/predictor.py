@@ -170,6 +170,32 @@ class WeakSegPredictor:
         return dict(found, instances=instances.numpy())
 
 
+def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: WeakInstanceSegNet) -> str | None:
+    """A warning when the objects found look much smaller or larger than those the model was trained on (its
+    middle anchor shape, k-means of the training boxes), or when nothing was found: usually a wrong spacing."""
+    spacing_um = np.asarray(spacing, dtype=np.float64)
+    anchors = network.anchor_shapes.detach().cpu().numpy()
+    trained_um = anchors[np.argsort(anchors.prod(axis=1))[len(anchors) // 2]] * network.working_spacing.cpu().numpy()
+    trained = " x ".join(f"{v:.3g}" for v in trained_um)
+    if len(boxes) == 0:
+        return (
+            f"no objects found; the model finds objects of about {trained} µm: if the volume holds some, check its "
+            f"spacing {tuple(float(v) for v in spacing_um)} µm (file metadata or --spacing)"
+        )
+    if len(boxes) < 3:
+        return None
+    found_um = np.median((boxes[:, 3:] - boxes[:, :3]) * spacing_um, axis=0)
+    ratio = float(np.exp(np.mean(np.log(np.maximum(found_um, 1e-6) / trained_um))))
+    if 0.5 <= ratio <= 2.0:
+        return None
+    word = "smaller" if ratio < 1 else "larger"
+    return (
+        f"objects look ~{max(ratio, 1 / ratio):.1f}x {word} than the model was trained on (median found "
+        f"{' x '.join(f'{v:.3g}' for v in found_um)} µm vs about {trained} µm): check the spacing "
+        f"{tuple(float(v) for v in spacing_um)} µm, or retrain on such data"
+    )
+
+
 def physical_memory_bytes() -> int:
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

@@ -20,6 +20,7 @@ import numpy as np
 
 from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
 from weakseg_monai.data.preview import save_preview
+from weakseg_monai.inference.predictor import scale_mismatch
 
 logger = logging.getLogger(__name__)
 INPUT_SUFFIXES = (".nii", ".nii.gz", *TIFF_SUFFIXES)
@@ -221,6 +222,12 @@ def _predict_all(predictor, files: list[Path], output_dir, preview: bool, spacin
             array, used_spacing, affine = load_input(path, spacing)
             prediction = predictor(torch.from_numpy(array.astype(np.float32))[None], used_spacing)
             written = save_prediction(prediction, array, path, output_dir, used_spacing, affine, preview)
+            network = getattr(predictor, "network", None)
+            warning = None
+            if hasattr(network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
+                warning = scale_mismatch(prediction["boxes"], used_spacing, network)
+            if warning:
+                logger.warning("%s: %s", path, warning)
         except (OSError, ValueError, RuntimeError) as err:
             message = str(err) if str(path) in str(err) else f"{path}: {err}"  # no path twice
             logger.error("[%d/%d] %s", i, len(files), message)
