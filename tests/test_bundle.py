@@ -74,7 +74,7 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
     assert plan["fingerprint"]["n_volumes"] == 2
     first.finalize()
 
-    resumed = _workflow("train.json", iterations=6, resume=True, **common)
+    resumed = _workflow("train.json", iterations=6, resume=True, run_id="training", **common)  # the zoo's run id
     trainer = resumed.parser.get_parsed_content("train#trainer")
     iterations_run = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
@@ -84,6 +84,7 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
 
     evaluation = _workflow(
         "evaluate.json",
+        run_id="evaluating",
         bundle_root=str(tmp_path),
         dataset_dir=str(tiny_bundle_data),
         ckpt_path=str(models / "model.pt"),
@@ -265,3 +266,11 @@ def test_a_failing_bundle_run_ends_with_the_real_message(tmp_path):
     last = result.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("weakseg-monai error: RuntimeError: 1 of 1 inputs failed"), result.stderr[-1500:]
     assert "broken.nii.gz" in last[1] and "cannot be read" in last[1] and last[1].count("broken.nii.gz") == 1
+
+
+def test_the_named_inference_run_id_runs_the_same_job(tmp_path):
+    """`python -m monai.bundle run inference ...` (the zoo's older convention) is the default `run` list."""
+    workflow = _workflow("inference.json", run_id="inference", bundle_root=str(BUNDLE_DIR), output_dir=str(tmp_path))
+    workflow.run()
+    workflow.finalize()
+    assert (tmp_path / "sample_000_instances.nii.gz").is_file() and (tmp_path / "sample_000_boxes.json").is_file()
