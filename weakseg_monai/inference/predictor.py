@@ -238,18 +238,6 @@ class BaselinePredictor(WeakSegPredictor):
         super().__init__(network, **kwargs)
         self.min_voxels = min_voxels
 
-    def predict_blockwise(self, image: torch.Tensor, zoom: np.ndarray) -> dict[str, np.ndarray]:
-        """A volume larger than ``max_whole_voxels`` at the working spacing: block by block, bounded memory
-        (``weakseg_monai.inference.blockwise``), percentiles over the whole volume."""
-        from weakseg_monai.inference.blockwise import predict_blockwise
-
-        array = image[0].numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
-        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
-        low, high = np.percentile(array, [lower, upper])
-        return predict_blockwise(
-            self.network, array, zoom, (float(low), float(high)), self.block_size, device=self.device
-        )
-
     def dense_module(self) -> torch.nn.Module:
         return self.network
 
