@@ -1,6 +1,12 @@
-"""Losses: L_box (Eq. 1 of the paper, c classes) and the partial (mask-weighted) mask loss."""
+"""Losses: L_box (Eq. 1 of the paper, c classes), the partial (mask-weighted) mask loss, and the box-supervised
+mask loss for box-only instances (3D BoxInst)."""
 
 from weakseg_monai.losses.box_loss import box_loss
+from weakseg_monai.losses.box_supervised_mask import BoxSupervisedMaskLoss, pairwise_loss, projection_loss
 from weakseg_monai.losses.partial_mask import PartialMaskLoss, partial_mask_loss, project_masks_on_boxes
 
-__all__ = ["box_loss", "partial_mask_loss", "PartialMaskLoss", "project_masks_on_boxes"]
+__all__ = [
+    "BoxSupervisedMaskLoss",
+    "pairwise_loss",
+    "projection_loss",
+   "box_loss", "partial_mask_loss", "PartialMaskLoss", "project_masks_on_boxes"]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from weakseg_monai.conventions import label_to_class_index
 from weakseg_monai.losses.box_loss import box_loss
+from weakseg_monai.losses.box_supervised_mask import BoxSupervisedMaskLoss
 from weakseg_monai.losses.partial_mask import partial_mask_loss, project_masks_on_boxes
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
@@ -93,7 +94,10 @@ class WeakInstanceSegNet(nn.Module):
         positive_iou, negative_iou: anchor matching (paper: 0.4, no ignore band).
         neg_pos_ratio, min_negatives, hard_negatives: anchor sampling for the log loss.
         reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
-        mask_rois_per_image: at most this many annotated RoIs per image enter the mask loss.
+        mask_rois_per_image: at most this many RoIs per image enter the mask losses (split between instances
+            with a voxel mask and, when ``box_mask_loss`` is on, box-only ones; see ``split_mask_roi_budget``).
+        box_mask_loss: ``BoxSupervisedMaskLoss`` for box-only instances (None: the paper's mask-weight rule
+            alone, box-only instances get no mask loss).
         score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference (the two
             limits per 128 x 128 x 32 working voxels, scaled with the volume; a warning says when they cut).
         working_spacing: (x, y, z) µm the model is trained and run at; intensity_percentiles: the per-image
@@ -132,6 +136,7 @@ class WeakInstanceSegNet(nn.Module):
         topk_candidates: int = 1000,
         detections_per_image: int = 300,
         mask_threshold: float = 0.5,
+        box_mask_loss: BoxSupervisedMaskLoss | None = None,
         working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
         intensity_percentiles: Sequence[float] = (1.0, 99.8),
     ) -> None:
@@ -172,6 +177,8 @@ class WeakInstanceSegNet(nn.Module):
         self.topk_candidates = topk_candidates
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
+        # box terms for box-only instances (3D BoxInst); None or weight 0 = the paper (no mask loss for them)
+        self.box_mask_loss = box_mask_loss
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         for name in self.LATE_BUFFERS:
@@ -218,7 +225,7 @@ class WeakInstanceSegNet(nn.Module):
         n, num_anchors = cls_logits.shape[:2]
         spatial = images.shape[2:]
         all_pos, all_neg, all_classes, all_deltas = [], [], [], []
-        roi_boxes, roi_batch, roi_ids, roi_weights = [], [], [], []
+        roi_boxes, roi_batch, roi_ids, roi_weights, roi_gt = [], [], [], [], []
         for i, target in enumerate(targets):
             gt_boxes = target["box"].to(anchors)
             gt_labels = target["label"].long().to(anchors.device)
@@ -238,20 +245,27 @@ class WeakInstanceSegNet(nn.Module):
             all_classes.append(classes)
             all_deltas.append(self.box_coder.encode_single(gt_boxes[matched[pos]], anchors[pos]))
 
-            # mask RoIs: positive proposals (detached) + the GT boxes, as Mask R-CNN; mask-weight = annotated
+            # mask RoIs: positive proposals (detached) + the GT boxes, as Mask R-CNN. Each RoI has one owner of
+            # its mask supervision: BCE (its instance has a voxel mask: the paper's mask-weight 1), the box terms
+            # (box only, when they are on; not for boxes a crop cut), or none (dropped here).
             proposals = self.box_coder.decode_single(box_deltas[i, pos].detach().float(), anchors[pos])
             proposals, _ = clip_boxes_to_image(proposals, spatial, remove_empty=False)
             boxes = torch.cat([proposals, gt_boxes])
             gt_index = torch.cat([matched[pos], torch.arange(len(gt_boxes), device=anchors.device)])
-            usable = ((boxes[:, 3:] - boxes[:, :3]) >= 1.0).all(dim=1) & annotated[gt_index]
-            chosen = torch.nonzero(usable).squeeze(1)
-            if chosen.numel() > self.mask_rois_per_image:
-                chosen = chosen[torch.randperm(chosen.numel(), device="cpu")[: self.mask_rois_per_image].to(chosen)]
+            sized = ((boxes[:, 3:] - boxes[:, :3]) >= 1.0).all(dim=1)
+            ignored = target.get("box_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool().to(sized.device)
+            with_mask = torch.nonzero(sized & annotated[gt_index]).squeeze(1)
+            box_only = torch.nonzero(sized & ~annotated[gt_index] & ~ignored[gt_index]).squeeze(1)
+            if self.box_mask_loss is None or not self.box_mask_loss.active:
+                box_only = box_only[:0]
+            with_mask, box_only = split_mask_roi_budget(with_mask, box_only, self.mask_rois_per_image)
+            chosen = torch.cat([with_mask, box_only])
             if chosen.numel():
                 roi_boxes.append(boxes[chosen])
                 roi_batch.append(torch.full((chosen.numel(),), i, dtype=torch.long, device=anchors.device))
                 roi_ids.append(instance_ids[gt_index[chosen]])
-                roi_weights.append(torch.ones(chosen.numel(), device=anchors.device))
+                roi_weights.append(annotated[gt_index[chosen]].float())
+                roi_gt.append(gt_boxes[gt_index[chosen]])
 
         loss_cls, loss_reg = box_loss(
             cls_logits.reshape(-1, cls_logits.shape[-1]),
@@ -263,26 +277,35 @@ class WeakInstanceSegNet(nn.Module):
             self.reg_weight,
             self.smooth_l1_beta,
         )
-        return {
-            "loss_cls": loss_cls,
-            "loss_box_reg": loss_reg,
-            "loss_mask": self._mask_loss(out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights),
-        }
+        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_reg}
+        losses.update(self._mask_losses(out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights, roi_gt))
+        return losses
 
-    def _mask_loss(self, out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights) -> Tensor:
+    def _mask_losses(self, out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights, roi_gt) -> dict:
+        """``loss_mask`` (the paper's BCE over RoIs of weight 1) and, when the box terms are on,
+        ``loss_mask_box`` (BoxInst terms over the box-only RoIs, weight 0)."""
+        box_terms = self.box_mask_loss is not None and self.box_mask_loss.active
         if not roi_boxes:
-            # no annotated instance in the batch: one zero-weight RoI keeps the mask head in the graph
+            # no supervised RoI in the batch: one zero-weight RoI keeps the mask head in the graph
             whole = torch.tensor([[0.0, 0.0, 0.0, 0.0, *[float(s) for s in images.shape[2:]]]], device=images.device)
             logits = self.mask_head(out["fine"], out["coarse"], whole)
-            return partial_mask_loss(logits, torch.zeros_like(logits[:, 0]), torch.zeros(1, device=images.device))
+            zero = partial_mask_loss(logits, torch.zeros_like(logits[:, 0]), torch.zeros(1, device=images.device))
+            return {"loss_mask": zero, **({"loss_mask_box": zero * 0.0} if box_terms else {})}
         boxes = torch.cat(roi_boxes)
         batch = torch.cat(roi_batch)
         ids = torch.cat(roi_ids)
+        weights = torch.cat(roi_weights)
         rois = torch.cat([batch[:, None].to(boxes.dtype), boxes], dim=1)
         logits = self.mask_head(out["fine"], out["coarse"], rois)
         volumes = torch.stack([t["instances"].to(images.device) for t in targets])
         mask_targets = project_masks_on_boxes(volumes, ids, boxes, self.mask_head.mask_size, batch)
-        return partial_mask_loss(logits, mask_targets, torch.cat(roi_weights))
+        losses = {"loss_mask": partial_mask_loss(logits, mask_targets, weights)}
+        if box_terms:
+            box_only = weights == 0
+            losses["loss_mask_box"] = self.box_mask_loss(
+                logits[box_only, 0], rois[box_only], torch.cat(roi_gt)[box_only], images
+            )
+        return losses
 
     def detection_limits(self, spatial: Sequence[int]) -> tuple[int, int]:
         """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels.
@@ -343,6 +366,18 @@ class WeakInstanceSegNet(nn.Module):
         else:
             instances = torch.zeros(tuple(spatial), dtype=torch.int32, device=boxes.device)
         return {"boxes": boxes, "scores": scores, "labels": classes - 1, "instances": instances}
+
+
+def split_mask_roi_budget(with_mask: Tensor, box_only: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+    """Random subsets of two RoI index sets within ``budget``: half each (the masked half rounded up), and
+    what one side does not use goes to the other, so a step costs no more mask-head RoIs than before."""
+    take_mask = min(with_mask.numel(), max(budget - box_only.numel(), (budget + 1) // 2))
+    take_box = min(box_only.numel(), budget - take_mask)
+
+    def pick(index: Tensor, n: int) -> Tensor:
+        return index[torch.randperm(index.numel(), device="cpu")[:n].to(index.device)] if index.numel() > n else index
+
+    return pick(with_mask, take_mask), pick(box_only, take_box)
 
 
 class WeakInstanceSegNetExport(WeakInstanceSegNet):

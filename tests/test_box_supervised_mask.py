@@ -1,0 +1,108 @@
+"""The box-supervised mask loss (3D BoxInst) and who owns each instance's mask supervision."""
+
+from __future__ import annotations
+
+import torch
+
+from weakseg_monai.losses import BoxSupervisedMaskLoss, pairwise_loss, projection_loss
+from weakseg_monai.losses.box_supervised_mask import box_in_roi_grid, neighbour_offsets
+from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.networks.detector import split_mask_roi_budget
+
+SMALL = dict(channels=(8, 16, 24), blocks=(1, 1, 1), roi_size=4, mask_channels=8, anchor_shapes=[[8, 8, 4]])
+
+
+def test_the_gt_box_is_drawn_into_the_roi_grid():
+    roi = torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0, 8.0]])
+    gt = torch.tensor([[0.0, 4.0, 2.0, 8.0, 8.0, 6.0]])
+    grid = box_in_roi_grid(gt, roi, 4)[0]  # cells of 2 voxels, centres at 1, 3, 5, 7
+    assert grid[:, 2:, 1:3].min() == 1 and grid.sum() == 4 * 2 * 2
+
+
+def test_projection_term_is_zero_for_a_mask_filling_its_box_projections_and_positive_otherwise():
+    roi = torch.tensor([[0.0, 0.0, 0.0, 8.0, 8.0, 8.0]])
+    box = box_in_roi_grid(torch.tensor([[2.0, 2.0, 2.0, 6.0, 6.0, 6.0]]), roi, 8)
+    assert projection_loss(box, box) < 1e-4
+    # any mask whose projections fill the box's (here: only the box's central cross) also costs 0
+    cross = torch.zeros_like(box)
+    cross[0, 2:6, 3, 3] = cross[0, 3, 2:6, 3] = cross[0, 3, 3, 2:6] = 1
+    assert projection_loss(cross, box) > 0.05, "the cross leaves most of each projection empty"
+    spill = box.clone()
+    spill[0, 0, 0, 0] = 1
+    assert projection_loss(spill, box) > 0
+    assert projection_loss(torch.zeros_like(box), box) > 0.9
+
+
+def test_pairwise_term_prefers_equal_labels_on_uniform_intensity_inside_the_box():
+    box = torch.ones(1, 6, 6, 6)
+    image = torch.full((1, 6, 6, 6), 0.5)
+    uniform = torch.full((1, 6, 6, 6), 4.0)
+    split = uniform.clone()
+    split[:, 3:] = -4.0
+    assert pairwise_loss(uniform, image, box) < pairwise_loss(split, image, box)
+    edge = image.clone()
+    edge[:, 3:] = 5.0  # a strong intensity edge where the labels change: those pairs are not "similar"
+    assert pairwise_loss(split, edge, box) < pairwise_loss(split, image, box)
+    assert len(neighbour_offsets((1, 2))) == 26
+
+
+def test_the_roi_budget_is_shared_and_unused_slots_move_over():
+    a, b = torch.arange(10), torch.arange(100, 110)
+    x, y = split_mask_roi_budget(a, b, 8)
+    assert (len(x), len(y)) == (4, 4)
+    x, y = split_mask_roi_budget(a[:2], b, 8)
+    assert (len(x), len(y)) == (2, 6)
+    x, y = split_mask_roi_budget(a, b[:0], 8)
+    assert (len(x), len(y)) == (8, 0)
+
+
+def _batch():
+    images = torch.rand(1, 1, 32, 32, 16)
+    instances = torch.zeros(32, 32, 16, dtype=torch.int32)
+    instances[4:12, 4:12, 2:8] = 1
+    images[0, 0, 4:12, 4:12, 2:8] += 2
+    images[0, 0, 18:26, 18:26, 6:12] += 2
+    target = {
+        "box": torch.tensor([[4.0, 4.0, 2.0, 12.0, 12.0, 8.0], [18.0, 18.0, 6.0, 26.0, 26.0, 12.0]]),
+        "label": torch.tensor([0, 0]),
+        "mask_annotated": torch.tensor([True, False]),
+        "instances": instances,
+    }
+    return images, [target]
+
+
+def _mask_head_gradient(model: WeakInstanceSegNet, key: str) -> float:
+    torch.manual_seed(0)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    model.zero_grad()
+    losses[key].backward()
+    return sum(float(p.grad.abs().sum()) for p in model.mask_head.parameters() if p.grad is not None)
+
+
+def test_box_only_instances_teach_the_mask_head_only_through_the_box_terms():
+    torch.manual_seed(0)
+    with_box_terms = WeakInstanceSegNet(box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0), **SMALL)
+    assert "loss_mask_box" in with_box_terms(*_batch())
+    assert _mask_head_gradient(with_box_terms, "loss_mask_box") > 0
+
+    # the paper's rule: the BCE only ever sees the annotated instance. With the annotated one removed, the
+    # BCE has nothing to learn from even though the box-only RoIs are in the batch (weight 0).
+    images, targets = _batch()
+    targets[0]["mask_annotated"] = torch.tensor([False, False])
+    targets[0]["instances"] = torch.zeros_like(targets[0]["instances"])
+    with_box_terms.train()
+    losses = with_box_terms(images, targets)
+    with_box_terms.zero_grad()
+    losses["loss_mask"].backward()
+    bce_gradient = sum(float(p.grad.abs().sum()) for p in with_box_terms.mask_head.parameters() if p.grad is not None)
+    assert losses["loss_mask"].item() == 0.0 and bce_gradient == 0.0
+
+
+def test_without_box_terms_the_model_is_the_papers():
+    model = WeakInstanceSegNet(**SMALL)
+    losses = model.train()(*_batch())
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+    off = WeakInstanceSegNet(box_mask_loss=BoxSupervisedMaskLoss(weight=0.0), **SMALL)
+    assert set(off.train()(*_batch())) == {"loss_cls", "loss_box_reg", "loss_mask"}
