@@ -66,12 +66,14 @@ class WeakSegEvaluator(SupervisedEvaluator):
         if self.score_floor is None or not hasattr(module, "score_thresh"):
             yield
             return
-        saved = module.score_thresh.clone()
+        saved, saved_topk = module.score_thresh.clone(), module.topk_candidates
         module.score_thresh.fill_(self.score_floor)
+        module.topk_candidates = saved_topk * 4  # a low floor lets more candidates through to NMS
         try:
             yield
         finally:
             module.score_thresh.copy_(saved)
+            module.topk_candidates = saved_topk
 
     def _iteration(self, engine: WeakSegEvaluator, batchdata: Sequence) -> dict:
         preds, labels = [], []

@@ -143,11 +143,22 @@ class ScoreThresholdCalibrator:
     above any threshold of ``SCORE_GRID`` are then a prefix by score of what it returns (greedy NMS only
     suppresses by higher-scoring boxes), so each threshold is scored exactly for detection without
     re-running the network; segmentation F1 drops the instances below the threshold from the label volume.
+    The objective is the mean of detection and segmentation F1 (detection alone without ``gt_instances``);
+    the chosen threshold is the highest within ``tolerance`` of the best (measured: the shipped model's
+    validation F1 is flat from 0.05 to 0.3, while on 1 x 1 x 2 µm data 0.1 gives Det F1 0.39 and 0.3 gives 0.71).
     Sets ``engine.state.metrics[prefix + "det_f1"]``, ``[prefix + "seg_f1"]`` and ``["score_thresh"]``.
     """
 
-    def __init__(self, network: torch.nn.Module, det_iou: float = 0.4, seg_iou: float = 0.5, prefix: str = "val_"):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        det_iou: float = 0.4,
+        seg_iou: float = 0.5,
+        prefix: str = "val_",
+        tolerance: float = 0.01,
+    ) -> None:
         self.network = network
+        self.tolerance = float(tolerance)
         self.det_iou = det_iou
         self.seg_iou = seg_iou
         self.prefix = prefix
@@ -169,8 +180,11 @@ class ScoreThresholdCalibrator:
         tp, n_gt, n_pred = self._counts[..., 0], self._counts[..., 1], self._counts[..., 2]
         f1 = np.divide(2 * tp, n_gt + n_pred, out=np.zeros_like(tp), where=(n_gt + n_pred) > 0)
         has_seg = n_gt[:, 1].sum() > 0
-        objective = f1[:, 0] + (f1[:, 1] if has_seg else 0.0)
-        best = int(len(SCORE_GRID) - 1 - np.argmax(objective[::-1]))  # ties: the higher threshold
+        objective = (f1[:, 0] + (f1[:, 1] if has_seg else 0.0)) / (2.0 if has_seg else 1.0)
+        # the highest threshold within `tolerance` of the best F1: a near-tie goes to the conservative side,
+        # which costs little on data like the validation set and much less precision on shifted data
+        near_best = np.nonzero(objective >= objective.max() - self.tolerance)[0]
+        best = int(near_best.max())
         module = getattr(self.network, "module", self.network)
         if objective[best] <= 0:  # nothing found at any threshold: keep the current one
             best = int(np.argmin(np.abs(np.asarray(SCORE_GRID) - float(module.score_thresh))))
