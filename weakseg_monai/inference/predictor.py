@@ -81,9 +81,13 @@ class WeakSegPredictor:
         """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing, and the zoom."""
         new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
         check_working_size(image.shape[1:], spacing, new)
-        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new)
+        return self.normalise(image, new), zoom
+
+    def normalise(self, image: torch.Tensor, working: Sequence[int]) -> torch.Tensor:
+        """``(1, X, Y, Z)`` input resampled to the ``working`` grid and percentile-normalised."""
+        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), working)
         lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
-        return scale_percentiles(x, lower, upper), zoom
+        return scale_percentiles(x, lower, upper)
 
     def predict_blockwise(self, image: torch.Tensor, zoom: np.ndarray) -> dict[str, np.ndarray]:
         """A volume larger than ``max_whole_voxels`` at the working spacing: block by block, bounded memory
@@ -151,8 +155,7 @@ class WeakSegPredictor:
         check_working_size(image.shape[1:], spacing, new)
         if int(np.prod(new)) > self.max_whole_voxels and self.blockwise:
             return self.predict_blockwise(image, zoom)
-        x, zoom = self.preprocess(image, spacing)
-        result = self.predict_working(x)
+        result = self.predict_working(self.normalise(image, new))
         original = tuple(int(s) for s in image.shape[1:])
         boxes = result["boxes"].cpu().numpy() / np.tile(zoom, 2)
         boxes = np.clip(boxes, 0, np.tile(original, 2)).astype(np.float32)
