@@ -104,6 +104,7 @@ def predict_block(
     origin = torch.tensor([a for a, _ in block.region], dtype=torch.float32, device=boxes.device)
     limit = torch.tensor(working * 2, dtype=boxes.dtype, device=boxes.device)
     global_boxes = torch.minimum(boxes, limit) / block_zoom.repeat(2) + origin.repeat(2)
+    global_frames = network.mask_frames(boxes) / block_zoom.repeat(2) + origin.repeat(2)  # where masks paste
     centre = (global_boxes[:, :3] + global_boxes[:, 3:]) / 2
     lo = torch.tensor([a for a, _ in block.core], dtype=torch.float32, device=boxes.device)
     hi = torch.tensor([b for _, b in block.core], dtype=torch.float32, device=boxes.device)
@@ -114,6 +115,7 @@ def predict_block(
         masks = (probs * MASK_LEVELS).round().to(torch.uint8).cpu()
     return {
         "boxes": global_boxes[owned].cpu(),
+        "frames": global_frames[owned].cpu(),
         "scores": scores[owned].cpu(),
         "classes": classes[owned].cpu(),
         "masks": masks,
@@ -126,13 +128,14 @@ def merge_blocks(
     """All blocks' detections -> one ``(X, Y, Z)`` int32 label volume (value ``k + 1`` = box ``k``, by decreasing
     score) after a global NMS; instances left without voxels are dropped."""
     boxes = torch.cat([d["boxes"] for d in detections]) if detections else torch.zeros((0, 6))
+    frames = torch.cat([d["frames"] for d in detections]) if detections else torch.zeros((0, 6))
     scores = torch.cat([d["scores"] for d in detections]) if detections else torch.zeros(0)
     classes = torch.cat([d["classes"] for d in detections]) if detections else torch.zeros(0, dtype=torch.long)
     masks = torch.cat([d["masks"] for d in detections]) if detections else torch.zeros((0, 1, 1, 1), torch.uint8)
     keep = batched_nms(boxes, scores, classes, nms_thresh) if len(boxes) else torch.zeros(0, dtype=torch.long)
     keep = keep[torch.argsort(scores[keep], descending=True)]
-    boxes, scores, classes, masks = boxes[keep], scores[keep], classes[keep], masks[keep]
-    instances, present = paste_masks_in_volume(masks, boxes, scores, shape, mask_threshold * MASK_LEVELS)
+    boxes, frames, scores, classes, masks = boxes[keep], frames[keep], scores[keep], classes[keep], masks[keep]
+    instances, present = paste_masks_in_volume(masks, frames, scores, shape, mask_threshold * MASK_LEVELS)
     return {
         "boxes": boxes[present],
         "scores": scores[present],

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from weakseg_monai.conventions import label_to_class_index
 from weakseg_monai.losses.box_loss import box_loss
 from weakseg_monai.losses.box_supervised_mask import BoxSupervisedMaskLoss
-from weakseg_monai.losses.partial_mask import partial_mask_loss, project_masks_on_boxes
+from weakseg_monai.losses.partial_mask import PartialMaskLoss, project_masks_on_boxes
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
 from weakseg_monai.networks.postprocess import paste_masks_in_volume, select_detections
 from weakseg_monai.utils.anchors import make_anchor_generator
+from weakseg_monai.utils.boxes import expand_boxes
 from weakseg_monai.utils.matching import match_anchors, sample_anchors
 
 DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.0))
@@ -96,6 +97,12 @@ class WeakInstanceSegNet(nn.Module):
         reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
         mask_rois_per_image: at most this many RoIs per image enter the mask losses (split between instances
             with a voxel mask and, when ``box_mask_loss`` is on, box-only ones; see ``split_mask_roi_budget``).
+        mask_context: the mask head predicts each instance in its box grown by this share of its size on every
+            side (a buffer): the frame holds background around the object, which box-only supervision needs
+            (the box terms pin it to 0) and which lets a mask reach past a box that came out too small. 0 = the
+            paper's tight RoI (and what checkpoints without this buffer were trained with).
+        mask_loss: the loss of RoIs whose instance has a voxel mask, called ``(logits (K, M, M, M), targets
+            (K, M, M, M), weights (K,))`` (default ``PartialMaskLoss``: the paper's mask-weight layer + BCE).
         box_mask_loss: ``BoxSupervisedMaskLoss`` for box-only instances (None: the paper's mask-weight rule
             alone, box-only instances get no mask loss).
         score_thresh, nms_thresh, topk_candidates, detections_per_image, mask_threshold: inference (the two
@@ -108,7 +115,7 @@ class WeakInstanceSegNet(nn.Module):
     """
 
     # buffers added after the first checkpoints shipped: filled from the constructor when a state dict lacks them
-    LATE_BUFFERS = ("score_thresh", "nms_thresh")
+    LATE_BUFFERS = ("score_thresh", "nms_thresh", "mask_context")
 
     def __init__(
         self,
@@ -136,6 +143,8 @@ class WeakInstanceSegNet(nn.Module):
         topk_candidates: int = 1000,
         detections_per_image: int = 300,
         mask_threshold: float = 0.5,
+        mask_context: float = 0.0,
+        mask_loss: nn.Module | None = None,
         box_mask_loss: BoxSupervisedMaskLoss | None = None,
         working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
         intensity_percentiles: Sequence[float] = (1.0, 99.8),
@@ -149,6 +158,8 @@ class WeakInstanceSegNet(nn.Module):
         # thresholds are planned (NMS) and calibrated on validation (score) per dataset: buffers too
         self.register_buffer("score_thresh", torch.tensor(float(score_thresh)))
         self.register_buffer("nms_thresh", torch.tensor(float(nms_thresh)))
+        # the mask head's frame: each box grown by this share of its size per side, in training and inference
+        self.register_buffer("mask_context", torch.tensor(float(mask_context)))
         make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
         self.network = VoxResDetectorNet(
             in_channels, num_classes, len(anchor_shapes), channels, strides, blocks, detection_level, fine_level, norm
@@ -177,7 +188,9 @@ class WeakInstanceSegNet(nn.Module):
         self.topk_candidates = topk_candidates
         self.detections_per_image = detections_per_image
         self.mask_threshold = mask_threshold
-        # box terms for box-only instances (3D BoxInst); None or weight 0 = the paper (no mask loss for them)
+        # the two owners of mask supervision: voxel masks (the paper's BCE) and, for box-only instances, the box
+        # terms (3D BoxInst; None or weight 0 = the paper: no mask loss for them)
+        self.mask_loss = mask_loss if mask_loss is not None else PartialMaskLoss()
         self.box_mask_loss = box_mask_loss
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
@@ -289,9 +302,9 @@ class WeakInstanceSegNet(nn.Module):
             # no supervised RoI in the batch: one zero-weight RoI keeps the mask head in the graph
             whole = torch.tensor([[0.0, 0.0, 0.0, 0.0, *[float(s) for s in images.shape[2:]]]], device=images.device)
             logits = self.mask_head(out["fine"], out["coarse"], whole)
-            zero = partial_mask_loss(logits, torch.zeros_like(logits[:, 0]), torch.zeros(1, device=images.device))
+            zero = self.mask_loss(logits[:, 0], torch.zeros_like(logits[:, 0]), torch.zeros(1, device=images.device))
             return {"loss_mask": zero, **({"loss_mask_box": zero * 0.0} if box_terms else {})}
-        boxes = torch.cat(roi_boxes)
+        boxes = self.mask_frames(torch.cat(roi_boxes))
         batch = torch.cat(roi_batch)
         ids = torch.cat(roi_ids)
         weights = torch.cat(roi_weights)
@@ -299,13 +312,18 @@ class WeakInstanceSegNet(nn.Module):
         logits = self.mask_head(out["fine"], out["coarse"], rois)
         volumes = torch.stack([t["instances"].to(images.device) for t in targets])
         mask_targets = project_masks_on_boxes(volumes, ids, boxes, self.mask_head.mask_size, batch)
-        losses = {"loss_mask": partial_mask_loss(logits, mask_targets, weights)}
+        losses = {"loss_mask": self.mask_loss(logits[:, 0], mask_targets, weights)}
         if box_terms:
             box_only = weights == 0
             losses["loss_mask_box"] = self.box_mask_loss(
                 logits[box_only, 0], rois[box_only], torch.cat(roi_gt)[box_only], images
             )
         return losses
+
+    def mask_frames(self, boxes: Tensor) -> Tensor:
+        """``(K, 6)`` the frames the mask head predicts (and masks are pasted) in: ``boxes`` grown by
+        ``mask_context`` of their size per side."""
+        return expand_boxes(boxes, float(self.mask_context))
 
     def detection_limits(self, spatial: Sequence[int]) -> tuple[int, int]:
         """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels.
@@ -351,8 +369,10 @@ class WeakInstanceSegNet(nn.Module):
 
     @torch.no_grad()
     def mask_probabilities(self, fine: Tensor, coarse: Tensor, boxes: Tensor) -> Tensor:
-        """``(K, M, M, M)`` mask probabilities of the ``(K, 6)`` boxes of one image (``fine``/``coarse``: batch 1)."""
-        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+        """``(K, M, M, M)`` mask probabilities of the ``(K, 6)`` boxes of one image (``fine``/``coarse``: batch 1),
+        in the frames ``mask_frames(boxes)``."""
+        frames = self.mask_frames(boxes)
+        rois = torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)
         return torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
 
     def segment_boxes(
@@ -361,7 +381,8 @@ class WeakInstanceSegNet(nn.Module):
         """Second stage for one image: masks of the detected boxes pasted into an instance label volume."""
         if boxes.shape[0]:
             probs = self.mask_probabilities(fine, coarse, boxes)
-            instances, keep = paste_masks_in_volume(probs, boxes, scores, spatial, self.mask_threshold)
+            frames = self.mask_frames(boxes)
+            instances, keep = paste_masks_in_volume(probs, frames, scores, spatial, self.mask_threshold)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         else:
             instances = torch.zeros(tuple(spatial), dtype=torch.int32, device=boxes.device)
