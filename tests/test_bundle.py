@@ -210,8 +210,25 @@ def test_ckpt_export_scripts_the_dense_network(tmp_path):
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(1, 1, 32, 32, 16)
     eager = shipped_model().network(x)
-    for key, value in scripted(x).items():
+    outputs = scripted(x)
+    declared = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["outputs"]
+    assert isinstance(outputs, tuple) and list(declared) == ["cls_logits", "box_regression", "fine", "coarse"]
+    sizes = {"x": 32, "y": 32, "z": 16}
+    for value, (key, spec) in zip(outputs, declared.items(), strict=True):
         assert torch.allclose(value, eager[key], atol=1e-5), key
+        assert value.shape[1] == spec["num_channels"], key  # metadata says what the export really returns
+        assert list(value.shape[2:]) == [eval(e, {}, sizes) for e in spec["spatial_shape"]], key
+
+
+def test_large_files_lists_the_shipped_model_with_its_hash():
+    import hashlib
+
+    import yaml
+
+    entries = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text())["large_files"]
+    model = next(e for e in entries if e["path"] == "models/model.pt")
+    assert model["hash_type"] == "md5" and model["url"].startswith("https://")
+    assert hashlib.md5(SHIPPED.read_bytes()).hexdigest() == model["hash_val"], "model.pt changed: update its hash"
 
 
 @pytest.mark.slow
