@@ -235,7 +235,7 @@ def test_large_files_lists_the_shipped_model_with_its_hash():
 def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path):
     """train_baseline.json on the first k stacks with full masks, then inference_baseline.json on its model."""
     workflow = _workflow(
-        "train_baseline.json",
+        ["train.json", "train_baseline.json"],  # an override of train.json
         bundle_root=str(tmp_path),
         dataset_dir=str(tiny_bundle_data),
         epochs=1,
@@ -253,7 +253,7 @@ def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path
         "monai.bundle",
         "run",
         "--config_file",
-        str(CONFIGS / "inference_baseline.json"),
+        f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'inference_baseline.json'}']",  # an override of inference.json
         "--bundle_root",
         str(tmp_path),
         "--ckpt_path",

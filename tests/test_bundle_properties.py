@@ -20,6 +20,8 @@ WORKFLOWS = {
     "train": (["train.json"], "train"),
     "inference": (["inference.json"], "infer"),
     "evaluate": (["train.json", "evaluate.json"], "infer"),
+    "baseline": (["train.json", "train_baseline.json"], "train"),
+    "baseline_inference": (["inference.json", "inference_baseline.json"], "infer"),
 }
 
 
@@ -52,6 +54,8 @@ def _checked(configs: list[str], workflow_type: str, config_dir: str, **override
 
 
 def _overrides(name: str, dataset, output) -> dict:
+    if name == "baseline_inference":
+        return {"output_dir": str(output), "ckpt_dir": str(output / "models")}
     if name == "inference":
         return {"output_dir": str(output)}  # its dataset_dir default: the bundle's sample folder
     return {"dataset_dir": str(dataset), "output_dir": str(output), "ckpt_dir": str(output / "models"),
