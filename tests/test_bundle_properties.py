@@ -119,3 +119,19 @@ def test_inference_dataset_dir_and_input_dir_are_one_setting(tmp_path):
         workflow.initialize()
         assert [d["image"] for d in workflow.dataset.data] == [sample + "/sample_000.nii.gz"], flag
     assert workflow.parser.get_parsed_content("ckpt_path") == str(tmp_path) + "/models/model.pt"
+
+
+def test_inference_spacing_and_block_size_stay_top_level_ids(tmp_path):
+    """``--spacing`` reaches the loader and ``--block_size`` the inferer that the workflow composes."""
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE_DIR / "configs" / "inference.json"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE_DIR),
+        output_dir=str(tmp_path),
+        spacing=[0.2, 0.2, 0.5],
+        block_size=[64, 64, 16],
+    )
+    workflow.initialize()
+    item = workflow.dataset[0]
+    assert item["spacing"] == (0.2, 0.2, 0.5) and item["image"].shape[0] == 1
+    assert workflow.evaluator.inferer.predictor_for(workflow.evaluator.network).block_size == (64, 64, 16)

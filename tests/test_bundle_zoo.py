@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,5 @@ def test_export_refuses_to_overwrite_and_names_the_folder_after_the_bundle(tmp_p
     assert sorted(p.name for p in (target / "models").iterdir()) == ["model.pt"]
     with pytest.raises(FileExistsError):
         export_bundle(tmp_path, BUNDLE_DIR)
+    required = json.loads((target / "configs" / "metadata.json").read_text())["required_packages_version"]
+    assert required["weakseg-monai"] == version("weakseg-monai"), "metadata declares the package the configs import"
