@@ -1,5 +1,12 @@
-"""``WeakSegEvaluator``: MONAI's ``SupervisedEvaluator`` with ``prepare_instance_batch`` and ``WeakSegInferer``, and
-``InstanceMetricsWriter``, a handler that scores every item and writes ``metrics.json`` + ``metrics.md``."""
+"""``InstanceMetricsWriter``: a handler that scores every item an evaluator predicts and writes ``metrics.json`` +
+``metrics.md``.
+
+The evaluator itself is MONAI's ``SupervisedEvaluator`` composed in the configs: ``prepare_batch=
+weakseg_monai.inference.prepare_instance_batch``, ``inferer=weakseg_monai.inference.WeakSegInferer(...)``,
+``decollate=False``. Its output per iteration, ``{"image": [...], "pred": [prediction dicts at input geometry],
+"label": [ground truth dicts]}``, is what ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
+``output_transform=lambda x: (x["pred"], x["label"])``, and what this handler scores.
+"""
 
 from __future__ import annotations
 
@@ -9,45 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedEvaluator
 from monai.utils.enums import CommonKeys as Keys
 
-from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
-from weakseg_monai.inference.predictor import WeakSegPredictor
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, segmentation_f1
 
 logger = logging.getLogger(__name__)
-
-
-class WeakSegEvaluator(SupervisedEvaluator):
-    """``SupervisedEvaluator`` over loaded items (``LoadWeakAnnotationd(load_gt=True)``, ``no_collation``) with
-    ``prepare_instance_batch`` and a ``WeakSegInferer`` by default (MONAI's own iteration).
-
-    ``inferer`` defaults to ``WeakSegInferer(predictor or WeakSegPredictor, score_floor, device,
-    **predictor_kwargs)``; pass a ``BaselinePredictor`` as ``predictor`` for the baseline.
-    Output per iteration: ``{"image": [...], "pred": [prediction dicts at input geometry], "label": [ground
-    truth dicts]}``, the form ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
-    ``output_transform=lambda x: (x["pred"], x["label"])``.
-    """
-
-    def __init__(
-        self,
-        device,
-        val_data_loader,
-        network,
-        predictor_kwargs: dict | None = None,
-        predictor: WeakSegPredictor | None = None,
-        score_floor: float | None = None,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("decollate", False)
-        kwargs.setdefault("prepare_batch", prepare_instance_batch)
-        if kwargs.get("inferer") is None:
-            kwargs["inferer"] = WeakSegInferer(
-                predictor or WeakSegPredictor, score_floor, device=device, **(predictor_kwargs or {})
-            )
-        super().__init__(device, val_data_loader, network, **kwargs)
 
 
 def score_item(pred: dict, gt: dict, det_iou: float = 0.4, seg_iou: float = 0.5) -> dict:
