@@ -1,7 +1,9 @@
-"""Writing predictions next to their inputs' geometry: label volume, boxes JSON and a preview PNG.
+"""The inference workflow around ``WeakSegInferer``: inputs listed (``input_items``) and loaded (``LoadInputd``),
+predictions written next to their inputs' geometry (``PredictionWriter``: label volume, boxes JSON, preview PNG).
+``inference.json`` composes these pieces; ``run_inference`` builds the same workflow in Python.
 
 Every file is written to a temporary name and renamed at the end, so a failed input leaves no partial
-output behind.
+output behind; a failed input does not stop the others, and the run raises at the end naming every failure.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class LoadInputd(MapTransform):
             d[key] = torch.from_numpy(array.astype(np.float32))[None]
         except (OSError, ValueError, RuntimeError) as err:
             d[key] = None
-            d["error"] = str(err) if str(path) in str(err) else f"{path}: {err}"  # no path twice
+            d["error"] = str(err)
         return d
 
 
@@ -247,13 +249,18 @@ class PredictionWriter:
             path = Path(item["path"])
             error = item.get("error") or (pred or {}).get("error")
             number = f"[{len(self.summaries) + len(self.failures) + 1}/{engine.state.epoch_length}]"
+            if not error:
+                try:
+                    array = image[0].cpu().numpy()
+                    spacing, affine = item["spacing"], item["affine"]
+                    written = save_prediction(pred, array, path, self.output_dir, spacing, affine, self.preview)
+                except (OSError, ValueError, RuntimeError) as err:
+                    error = str(err)
             if error:
                 message = error if str(path) in error else f"{path}: {error}"  # no path twice
                 logger.error("%s %s", number, message)
                 self.failures.append(message)
                 continue
-            array = image[0].cpu().numpy()
-            written = save_prediction(pred, array, path, self.output_dir, item["spacing"], item["affine"], self.preview)
             if hasattr(engine.network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
                 warning = scale_mismatch(pred["boxes"], item["spacing"], engine.network)
                 if warning:
