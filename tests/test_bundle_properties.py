@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -63,14 +62,10 @@ def _overrides(name: str, dataset, output) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))
-def test_property_checks_pass_from_inside_a_copy_of_the_bundle(name, bundle_copy, small_dataset, tmp_path):
+def test_property_checks_pass_from_inside_a_copy_of_the_bundle(name, bundle_copy, small_dataset, tmp_path, monkeypatch):
     configs, workflow_type = WORKFLOWS[name]
-    cwd = os.getcwd()
-    os.chdir(bundle_copy)
-    try:
-        workflow = _checked(configs, workflow_type, "configs", **_overrides(name, small_dataset, tmp_path))
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(bundle_copy)
+    workflow = _checked(configs, workflow_type, "configs", **_overrides(name, small_dataset, tmp_path))
     if workflow_type == "infer":
         inferer = workflow.inferer
         assert isinstance(inferer, WeakSegInferer) and isinstance(inferer, Inferer)
