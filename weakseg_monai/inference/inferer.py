@@ -3,8 +3,10 @@
 ``SupervisedEvaluator`` calls ``inferer(inputs, network, **kwargs)`` with what its ``prepare_batch`` returns;
 with ``prepare_instance_batch`` (below) that is a list of ``(1, X, Y, Z)`` volumes and
 ``spacing=[(x, y, z) per volume]``. Each volume runs through ``WeakSegPredictor`` unchanged: working-spacing
-resampling, percentile normalisation, the dense network (one pass, seam-free sliding window or blockwise), the
-second stage once over the whole volume, and the mapping back to the input's voxel grid.
+resampling and percentile normalisation (``ToWorkingGridd``; when the dataset's preprocessing already ran it,
+``working_grid=[...]`` comes along and the predictor starts from there), the dense network (one pass, seam-free
+sliding window or blockwise), the second stage once over the whole volume, and the mapping back to the input's
+voxel grid.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def ground_truth(item: dict) -> dict:
 
 
 def prepare_instance_batch(batchdata, device=None, non_blocking: bool = False, **kwargs):
-    """Loaded items (``DataLoader(collate_fn=no_collation)``) -> ``(images, labels, (), {"spacing": spacings})``.
+    """Loaded items (``DataLoader(collate_fn=no_collation)``) -> ``(images, labels, (), {"spacing": spacings})``
+    (plus ``working_grid`` per item when the preprocessing ended with ``ToWorkingGridd``).
 
     ``images``: one ``(1, X, Y, Z)`` tensor per item (``None`` for an item whose loading failed, see
     ``LoadInputd``), kept on the CPU: the predictor moves each working-spacing volume to its device itself.
@@ -45,7 +48,10 @@ def prepare_instance_batch(batchdata, device=None, non_blocking: bool = False, *
     labels = [
         ground_truth(item) if "box" in item else {k: v for k, v in item.items() if k != "image"} for item in items
     ]
-    return images, labels, (), {"spacing": [item.get("spacing") for item in items]}
+    kwargs = {"spacing": [item.get("spacing") for item in items]}
+    if any("working_grid" in item for item in items):
+        kwargs["working_grid"] = [item.get("working_grid") for item in items]
+    return images, labels, (), kwargs
 
 
 class WeakSegInferer(Inferer):
@@ -99,11 +105,15 @@ class WeakSegInferer(Inferer):
             module.score_thresh.copy_(saved)
             module.topk_candidates = saved_topk
 
-    def predict(self, predictor: WeakSegPredictor, image: torch.Tensor, spacing: Sequence[float]) -> dict:
-        """One ``(1, X, Y, Z)`` volume -> prediction dict at its own geometry, with ``seconds``."""
+    def predict(
+        self, predictor: WeakSegPredictor, image: torch.Tensor, spacing: Sequence[float], grid: dict | None = None
+    ) -> dict:
+        """One ``(1, X, Y, Z)`` volume -> prediction dict at its own geometry, with ``seconds``. With ``grid``
+        (``ToWorkingGridd`` ran in the dataset's preprocessing) the volume is already at the working grid."""
         start = time.perf_counter()
         try:
-            pred = predictor(torch.as_tensor(image), spacing)
+            image = torch.as_tensor(image)
+            pred = predictor(image, spacing) if grid is None else predictor.predict_prepared(image, grid)
         except (OSError, ValueError, RuntimeError) as err:
             if not self.record_errors:
                 raise
@@ -117,12 +127,17 @@ class WeakSegInferer(Inferer):
         network: torch.nn.Module,
         *args: Any,
         spacing: Sequence[float] | Sequence[Sequence[float] | None] = (1.0, 1.0, 1.0),
+        working_grid: dict | Sequence[dict | None] | None = None,
         **kwargs: Any,
     ) -> dict | list[dict | None]:
         """A ``(1, X, Y, Z)`` volume and its spacing -> one prediction dict; a list of volumes (``None`` for
-        inputs that failed to load) and a list of spacings -> a list of predictions (``None`` where no input)."""
+        inputs that failed to load) and a list of spacings -> a list of predictions (``None`` where no input).
+        ``working_grid`` (one, or one per volume): the volumes went through ``ToWorkingGridd`` already."""
         predictor = self.predictor_for(network)
         with self.lowered_score_threshold(network):
             if isinstance(inputs, torch.Tensor):
-                return self.predict(predictor, inputs, spacing)  # type: ignore[arg-type]
-            return [None if x is None else self.predict(predictor, x, s) for x, s in zip(inputs, spacing)]
+                return self.predict(predictor, inputs, spacing, working_grid)  # type: ignore[arg-type]
+            grids = working_grid if working_grid is not None else [None] * len(inputs)
+            return [
+                None if x is None else self.predict(predictor, x, s, g) for x, s, g in zip(inputs, spacing, grids)
+            ]

@@ -22,7 +22,7 @@ from ignite.engine import Engine, Events
 from monai.data import DataLoader, Dataset
 from monai.data.utils import no_collation
 from monai.engines import SupervisedEvaluator
-from monai.transforms import MapTransform
+from monai.transforms import Compose, MapTransform
 from monai.utils.enums import CommonKeys as Keys
 
 from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
@@ -185,7 +185,8 @@ def save_prediction(
 
 class LoadInputd(MapTransform):
     """``{"image": path}`` -> ``image (1, X, Y, Z)`` float32 tensor, ``spacing``, ``affine`` (NIfTI, else None),
-    ``path``, ``error`` (``load_input``'s checks and spacing rule; ``spacing`` overrides the file's own).
+    ``path``, ``error`` (``load_input``'s checks and spacing rule; ``spacing`` overrides the file's own), and
+    ``input_image``, the same tensor, kept for the preview when later transforms resample ``image``.
 
     An input that cannot be read or is not a single-channel 3D volume gives ``image = None`` and the message in
     ``error``: the run goes on with the other inputs and ``PredictionWriter`` reports every failure at the end.
@@ -202,7 +203,7 @@ class LoadInputd(MapTransform):
         d.update(path=str(path), error=None, spacing=None, affine=None)
         try:
             array, d["spacing"], d["affine"] = load_input(path, self.spacing)
-            d[key] = torch.from_numpy(array.astype(np.float32))[None]
+            d[key] = d["input_image"] = torch.from_numpy(array.astype(np.float32))[None]
         except (OSError, ValueError, RuntimeError) as err:
             d[key] = None
             d["error"] = str(err)
@@ -251,7 +252,7 @@ class PredictionWriter:
             number = f"[{len(self.summaries) + len(self.failures) + 1}/{engine.state.epoch_length}]"
             if not error:
                 try:
-                    array = image[0].cpu().numpy()
+                    array = item.get("input_image", image)[0].cpu().numpy()
                     spacing, affine = item["spacing"], item["affine"]
                     written = save_prediction(pred, array, path, self.output_dir, spacing, affine, self.preview)
                 except (OSError, ValueError, RuntimeError) as err:
@@ -299,10 +300,12 @@ def inference_evaluator(
     spacing: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[SupervisedEvaluator, PredictionWriter]:
-    """The inference workflow ``inference.json`` composes, built in Python: ``Dataset(input_items, LoadInputd)``,
+    """The inference workflow ``inference.json`` composes, built in Python: ``Dataset(input_items, LoadInputd +
+    ToWorkingGridd)``,
     ``DataLoader(no_collation)``, ``SupervisedEvaluator(prepare_instance_batch, inferer)`` and a
     ``PredictionWriter``."""
-    dataset = Dataset(input_items(input_path), transform=LoadInputd(spacing=spacing))
+    preprocessing = Compose([LoadInputd(spacing=spacing), inferer.predictor_for(network).working_grid()])
+    dataset = Dataset(input_items(input_path), transform=preprocessing)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, collate_fn=no_collation)
     writer = PredictionWriter(output_dir, preview)
     evaluator = SupervisedEvaluator(
