@@ -222,9 +222,9 @@ def check_working_size(shape: Sequence[int], spacing: Sequence[float], working: 
 class ToWorkingGridd(MapTransform):
     """The model's input rule, one definition for inference, evaluation, training's validation and
     ``WeakSegPredictor``: ``image (1, X, Y, Z)`` at ``spacing`` -> resampled to the network's working spacing
-    (``ResampleToSpacingd``, edge-aligned, as training) and normalised by its stored percentiles
-    (``scale_percentiles``, = training's ``ScaleIntensityRangePercentilesd``). Adds ``working_grid``:
-    ``{"zoom": (3,), "original_shape": (X, Y, Z), "blockwise": bool}``.
+    (``working_shape`` + ``resample_volume``, edge-aligned, as ``ResampleToSpacingd`` in training) and normalised
+    by its stored percentiles (``scale_percentiles``, = training's ``ScaleIntensityRangePercentilesd``). Adds
+    ``working_grid``: ``{"zoom": (3,), "original_shape": (X, Y, Z), "blockwise": bool}``.
 
     A volume over ``max_voxels`` at the working spacing is left as it is (``blockwise=True``): it runs block by
     block (``weakseg_monai.inference.blockwise``), which resamples and normalises each block itself in bounded
@@ -253,8 +253,7 @@ class ToWorkingGridd(MapTransform):
         check_working_size(original, d["spacing"], new)
         blockwise = self.max_voxels is not None and int(np.prod(new)) > self.max_voxels
         if not blockwise:
-            d[key] = torch.as_tensor(d[key], dtype=torch.float32)
-            d = ResampleToSpacingd(key, working_spacing)(d)
+            d[key] = resample_volume(torch.as_tensor(d[key], dtype=torch.float32), new)
             lower, upper = (float(v) for v in module.intensity_percentiles.tolist())
             d[key] = scale_percentiles(d[key], lower, upper)
         d["working_grid"] = {"zoom": zoom, "original_shape": original, "blockwise": blockwise}
