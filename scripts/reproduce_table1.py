@@ -58,7 +58,7 @@ def train(config: str, run_dir: Path, overrides: dict) -> float:
     """Train through the bundle config; returns wall seconds."""
     start = time.perf_counter()
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / config),
+        config_file=[str(CONFIGS / name) for name in dict.fromkeys(["train.json", config])],  # baseline: an override
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=None,

@@ -12,7 +12,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from weakseg_monai.data.instances import boxes_from_instances
-from weakseg_monai.data.io import read_volume, write_volume
+from weakseg_monai.data.io import read_volume, resolve_spacing, write_volume
 from weakseg_monai.data.synthetic import NucleusModel, generate_stack, write_synthetic_dataset
 from weakseg_monai.inference import WeakSegPredictor, run_inference
 from weakseg_monai.metrics import detection_f1
@@ -31,9 +31,11 @@ def tiny_bundle_data(tmp_path_factory):
     return out
 
 
-def _workflow(config: str, **overrides) -> ConfigWorkflow:
+def _workflow(config: str | list[str], **overrides) -> ConfigWorkflow:
+    """``config``: one file of ``bundle/configs``, or several merged in order (``train.json`` + an override)."""
+    files = [str(CONFIGS / name) for name in ([config] if isinstance(config, str) else config)]
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / config),
+        config_file=files if len(files) > 1 else files[0],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=None,
@@ -65,7 +67,7 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
     first.run()
     trainer = first.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 4, "training length is counted in optimizer steps"
-    models = tmp_path / "runs" / "train" / "models"
+    models = tmp_path / "models"  # ckpt_dir: bundle_root/models, where inference reads model.pt
     assert (models / "checkpoint_epoch=2.pt").is_file(), "a checkpoint every val_interval iterations"
     for name in ("model.pt", "model_final.pt"):  # always a usable model, whatever validation said
         WeakInstanceSegNet().load_state_dict(torch.load(models / name, weights_only=True))
@@ -83,12 +85,11 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
     resumed.finalize()
 
     evaluation = _workflow(
-        "evaluate.json",
+        ["train.json", "evaluate.json"],
         run_id="evaluating",
         bundle_root=str(tmp_path),
         dataset_dir=str(tiny_bundle_data),
-        ckpt_path=str(models / "model.pt"),
-    )
+    )  # reads the model.pt training left in bundle_root/models
     evaluation.run()
     metrics = json.loads((tmp_path / "runs" / "evaluate" / "metrics.json").read_text())
     assert [row["id"] for row in metrics["items"]] == ["test_000"]
@@ -190,11 +191,9 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tiny_bundle_data, tmp_path):
         "[48,48,16]",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    state = torch.load(tmp_path / "runs" / "train" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    state = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=True)
     assert "anchor_shapes" in state["model"] and not any(k.startswith("module.") for k in state["model"])
-    WeakInstanceSegNet().load_state_dict(
-        torch.load(tmp_path / "runs" / "train" / "models" / "model.pt", weights_only=True)
-    )
+    WeakInstanceSegNet().load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
 
 
 def test_ckpt_export_scripts_the_dense_network(tmp_path):
@@ -211,15 +210,32 @@ def test_ckpt_export_scripts_the_dense_network(tmp_path):
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
     x = torch.rand(1, 1, 32, 32, 16)
     eager = shipped_model().network(x)
-    for key, value in scripted(x).items():
+    outputs = scripted(x)
+    declared = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["outputs"]
+    assert isinstance(outputs, tuple) and list(declared) == ["cls_logits", "box_regression", "fine", "coarse"]
+    sizes = {"x": 32, "y": 32, "z": 16}
+    for value, (key, spec) in zip(outputs, declared.items(), strict=True):
         assert torch.allclose(value, eager[key], atol=1e-5), key
+        assert value.shape[1] == spec["num_channels"], key  # metadata says what the export really returns
+        assert list(value.shape[2:]) == [eval(e, {}, sizes) for e in spec["spatial_shape"]], key
+
+
+def test_large_files_lists_the_shipped_model_with_its_hash():
+    import hashlib
+
+    import yaml
+
+    entries = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text())["large_files"]
+    model = next(e for e in entries if e["path"] == "models/model.pt")
+    assert model["hash_type"] == "md5" and model["url"].startswith("https://")
+    assert hashlib.md5(SHIPPED.read_bytes()).hexdigest() == model["hash_val"], "model.pt changed: update its hash"
 
 
 @pytest.mark.slow
 def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path):
     """train_baseline.json on the first k stacks with full masks, then inference_baseline.json on its model."""
     workflow = _workflow(
-        "train_baseline.json",
+        ["train.json", "train_baseline.json"],  # an override of train.json
         bundle_root=str(tmp_path),
         dataset_dir=str(tiny_bundle_data),
         epochs=1,
@@ -237,7 +253,7 @@ def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path
         "monai.bundle",
         "run",
         "--config_file",
-        str(CONFIGS / "inference_baseline.json"),
+        f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'inference_baseline.json'}']",  # an override of inference.json
         "--bundle_root",
         str(tmp_path),
         "--ckpt_path",
@@ -274,3 +290,10 @@ def test_the_named_inference_run_id_runs_the_same_job(tmp_path):
     workflow.run()
     workflow.finalize()
     assert (tmp_path / "sample_000_instances.nii.gz").is_file() and (tmp_path / "sample_000_boxes.json").is_file()
+    # the composed workflow (loader, dataset, WeakSegInferer, evaluator, writer) = the Python predictor, exactly
+    sample = BUNDLE_DIR / "sample" / "sample_000.nii.gz"
+    image = torch.from_numpy(read_volume(sample).astype(np.float32))[None]
+    direct = WeakSegPredictor(shipped_model())(image, resolve_spacing(sample, None))
+    np.testing.assert_array_equal(read_volume(tmp_path / "sample_000_instances.nii.gz"), direct["instances"])
+    boxes = json.loads((tmp_path / "sample_000_boxes.json").read_text())["boxes"]
+    np.testing.assert_allclose(boxes, np.round(direct["boxes"], 2), atol=1e-6)

@@ -141,3 +141,40 @@ def test_loader_reads_tiff_spacing_and_keeps_xyz(tmp_path):
     assert tuple(d["image"].shape) == (1, 30, 20, 6)
     assert d["spacing"] == pytest.approx((0.25, 0.25, 1.0))
     assert float(d["image"][0, 6, 5, 2]) == 1000
+
+
+def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(synthetic_dataset, tmp_path):
+    """``ToWorkingGridd`` is the preprocessing every predicting workflow composes (and the predictor's own), and
+    it gives what training's load transforms give the image (ResampleToSpacingd + percentile scaling)."""
+    from weakseg_monai.inference import WeakSegPredictor
+    from weakseg_monai.networks import WeakInstanceSegNet
+    from weakseg_monai.transforms import ToWorkingGridd
+
+    configs = BUNDLE_DIR / "configs"
+    parsers = {}
+    for name, files in {
+        "inference": ["inference.json"],
+        "evaluate": ["train.json", "evaluate.json"],
+        "train": ["train.json"],
+    }.items():
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_dataset)})
+        parsers[name] = parser
+    composed = {
+        "inference": parsers["inference"].get_parsed_content("preprocessing"),
+        "evaluate": parsers["evaluate"].get_parsed_content("preprocessing"),
+        "validation": parsers["train"].get_parsed_content("validate#preprocessing"),
+    }
+    for name, compose in composed.items():
+        assert isinstance(compose.transforms[-1], ToWorkingGridd), name
+    network = WeakInstanceSegNet(working_spacing=(0.5, 0.5, 2.0))  # a coarser z than the data: a real resample
+    assert isinstance(WeakSegPredictor(network).working_grid(), ToWorkingGridd)
+
+    item = load_section(synthetic_dataset, "training")[0]
+    ours = Compose([LoadWeakAnnotationd(), ToWorkingGridd(network)])(item)
+    parsers["train"].update({"working_spacing": [0.5, 0.5, 2.0]})
+    training = Compose(parsers["train"].get_parsed_content("load_transforms"))(item)
+    assert tuple(ours["image"].shape) == tuple(training["image"].shape) and ours["image"].shape[-1] < 32
+    np.testing.assert_allclose(ours["image"].numpy(), np.asarray(training["image"]), atol=1e-5)
+    np.testing.assert_allclose(ours["working_grid"]["zoom"], training["zoom"])

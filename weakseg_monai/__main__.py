@@ -1,5 +1,5 @@
 """Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``plan``, ``score``, ``budget``,
-``from-ctc``, ``to-ctc``).
+``from-ctc``, ``to-ctc``, ``export-bundle``).
 
 Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``.
 """
@@ -147,6 +147,13 @@ def to_ctc(pred: str, out: str, sequence: str = "01") -> None:
     print(f"wrote {convert(pred, out, sequence)}")
 
 
+def export_bundle(out: str, bundle: str = "") -> None:
+    """Write the bundle as a zoo-ready folder OUT/weakseg_nuclei_3d/ (default source: this checkout's bundle/)."""
+    from weakseg_monai.utils.zoo import export_bundle as export
+
+    print(f"wrote {export(out, bundle or None)}")
+
+
 COMMANDS = {
     "synth": synth,
     "validate": validate,
@@ -155,6 +162,7 @@ COMMANDS = {
     "budget": budget,
     "from-ctc": from_ctc,
     "to-ctc": to_ctc,
+    "export-bundle": export_bundle,
 }
 
 

@@ -123,3 +123,13 @@ def load_validation_items(dataset: str | Path) -> list[dict]:
         datalist_path(dataset),
     )
     return load_section(dataset, "training")
+
+
+def flatten_items(batchdata) -> list[dict]:
+    """The item dicts of a ``no_collation`` batch (a dict, or nested lists of crops / items)."""
+    if isinstance(batchdata, dict):
+        return [batchdata]
+    items = []
+    for entry in batchdata:
+        items.extend(flatten_items(entry))
+    return items

@@ -1,8 +1,9 @@
-"""Ignite engines (MONAI ``SupervisedTrainer`` / ``SupervisedEvaluator`` with detection iterations) and
-handlers for training and evaluating ``WeakInstanceSegNet``."""
+"""Ignite engines (MONAI ``SupervisedTrainer`` with a detection iteration; evaluation is MONAI's own
+``SupervisedEvaluator`` with ``weakseg_monai.inference.WeakSegInferer``) and handlers for training and evaluating
+``WeakInstanceSegNet``."""
 
 from weakseg_monai.engines.checkpoints import AtomicCheckpointSaver, latest_checkpoint
-from weakseg_monai.engines.evaluator import InstanceMetricsWriter, WeakSegEvaluator
+from weakseg_monai.engines.evaluator import InstanceMetricsWriter
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
 from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
 
@@ -12,7 +13,6 @@ __all__ = [
     "ScoreThresholdCalibrator",
     "TrainingProgress",
     "InstanceMetricsWriter",
-    "WeakSegEvaluator",
     "WeakSegTrainer",
     "latest_checkpoint",
     "prepare_detection_batch",

@@ -1,91 +1,27 @@
-"""``WeakSegEvaluator``: MONAI's ``SupervisedEvaluator`` running ``WeakSegPredictor`` on whole volumes, and
-``InstanceMetricsWriter``, a handler that scores every item and writes ``metrics.json`` + ``metrics.md``."""
+"""``InstanceMetricsWriter``: a handler that scores every item an evaluator predicts and writes ``metrics.json`` +
+``metrics.md``.
+
+The evaluator itself is MONAI's ``SupervisedEvaluator`` composed in the configs: ``prepare_batch=
+weakseg_monai.inference.prepare_instance_batch``, ``inferer=weakseg_monai.inference.WeakSegInferer(...)``,
+``decollate=False``. Its output per iteration, ``{"image": [...], "pred": [prediction dicts at input geometry],
+"label": [ground truth dicts]}``, is what ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
+``output_transform=lambda x: (x["pred"], x["label"])``, and what this handler scores.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedEvaluator
 from monai.utils.enums import CommonKeys as Keys
 
-from weakseg_monai.engines.trainer import _flatten
-from weakseg_monai.inference.predictor import WeakSegPredictor
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, segmentation_f1
 
 logger = logging.getLogger(__name__)
-
-
-def _ground_truth(item: dict) -> dict:
-    gt = item.get("gt_instances")
-    return {
-        "id": str(item.get("id", "")),
-        "box": np.asarray(item["box"], dtype=np.float32).reshape(-1, 6),
-        "gt_instances": None if gt is None else np.asarray(gt)[0],
-    }
-
-
-class WeakSegEvaluator(SupervisedEvaluator):
-    """Evaluator over loaded items (``LoadWeakAnnotationd(load_gt=True)``, batch of 1, ``no_collation``).
-
-    ``predictor`` defaults to ``WeakSegPredictor(network)``; pass a ``BaselinePredictor`` for the baseline.
-    ``score_floor``: predict with this low score threshold instead of the network's own (training's
-    validation, where ``ScoreThresholdCalibrator`` picks the threshold).
-    Output per iteration: ``{"pred": [prediction dicts at input geometry], "label": [ground truth dicts]}``,
-    the form ``weakseg_monai.metrics.DetectionF1`` / ``SegmentationF1`` read with
-    ``output_transform=lambda x: (x["pred"], x["label"])``.
-    """
-
-    def __init__(
-        self,
-        device,
-        val_data_loader,
-        network,
-        predictor_kwargs: dict | None = None,
-        predictor: WeakSegPredictor | None = None,
-        score_floor: float | None = None,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("decollate", False)
-        super().__init__(device, val_data_loader, network, **kwargs)
-        self.predictor = predictor or WeakSegPredictor(network, device=device, **(predictor_kwargs or {}))
-        self.score_floor = score_floor
-
-    @contextmanager
-    def _score_floor(self):
-        """Predict with the network's score threshold lowered to ``score_floor`` (for calibration)."""
-        module = getattr(self.network, "module", self.network)
-        if self.score_floor is None or not hasattr(module, "score_thresh"):
-            yield
-            return
-        saved, saved_topk = module.score_thresh.clone(), module.topk_candidates
-        module.score_thresh.fill_(self.score_floor)
-        module.topk_candidates = saved_topk * 4  # a low floor lets more candidates through to NMS
-        try:
-            yield
-        finally:
-            module.score_thresh.copy_(saved)
-            module.topk_candidates = saved_topk
-
-    def _iteration(self, engine: WeakSegEvaluator, batchdata: Sequence) -> dict:
-        preds, labels = [], []
-        for item in _flatten(batchdata):
-            start = time.perf_counter()
-            with engine._score_floor():
-                pred = engine.predictor(torch.as_tensor(item["image"]), item["spacing"])
-            pred["seconds"] = time.perf_counter() - start
-            preds.append(pred)
-            labels.append(_ground_truth(item))
-        engine.state.output = {Keys.PRED: preds, Keys.LABEL: labels}
-        return engine.state.output
 
 
 def score_item(pred: dict, gt: dict, det_iou: float = 0.4, seg_iou: float = 0.5) -> dict:

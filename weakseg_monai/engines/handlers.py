@@ -139,7 +139,7 @@ class ScoreThresholdCalibrator:
     """Pick the detection score threshold that maximises validation F1 and store it in the network's
     ``score_thresh`` buffer (so ``model.pt`` carries it).
 
-    The evaluator must predict with a low score floor (``WeakSegEvaluator(score_floor=...)``): detections
+    The evaluator must predict with a low score floor (``WeakSegInferer(score_floor=...)``): detections
     above any threshold of ``SCORE_GRID`` are then a prefix by score of what it returns (greedy NMS only
     suppresses by higher-scoring boxes), so each threshold is scored exactly for detection without
     re-running the network; segmentation F1 drops the instances below the threshold from the label volume.

@@ -14,16 +14,9 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from weakseg_monai.data.datalist import flatten_items
+
 TARGET_KEYS = ("box", "label", "mask_annotated", "instance_id", "box_ignore")
-
-
-def _flatten(batchdata) -> list[dict]:
-    if isinstance(batchdata, dict):
-        return [batchdata]
-    items = []
-    for entry in batchdata:
-        items.extend(_flatten(entry))
-    return items
 
 
 def prepare_detection_batch(batchdata, device: str | torch.device, non_blocking: bool = False, **kwargs):
@@ -32,7 +25,7 @@ def prepare_detection_batch(batchdata, device: str | torch.device, non_blocking:
     Every crop of every loaded volume is one sample (MONAI's detection bundles use the crop's
     ``num_samples`` as the batch). Targets follow ``WeakInstanceSegNet``'s contract.
     """
-    items = _flatten(batchdata)
+    items = flatten_items(batchdata)
     images = torch.stack([torch.as_tensor(d["image"]).float() for d in items]).to(device, non_blocking=non_blocking)
     targets = []
     for d in items:
@@ -55,7 +48,8 @@ def sum_losses(losses: dict[str, torch.Tensor], *_) -> torch.Tensor:
 
 
 class WeakSegTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` whose iteration runs ``network(images, targets) -> loss dict`` and steps.
+    """``SupervisedTrainer`` whose iteration runs ``inferer(images, network, targets)`` (MONAI's default
+    ``SimpleInferer``: ``network(images, targets) -> loss dict``) and steps.
 
     ``engine.state.output`` = ``{"loss": L, "loss_cls": ..., "loss_box_reg": ..., "loss_mask": ...}`` (floats).
     AMP (CUDA only) uses MONAI's scaler. All other arguments are ``SupervisedTrainer``'s.
@@ -73,7 +67,7 @@ class WeakSegTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         use_amp = engine.amp and torch.device(engine.state.device).type == "cuda"
         with torch.autocast("cuda", enabled=use_amp):
-            losses = engine.network(images, targets)
+            losses = engine.inferer(images, engine.network, targets)  # SimpleInferer: network(images, targets)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             loss = engine.loss_function(losses)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -12,7 +12,6 @@ and finally boxes and labels mapped back to the input's voxel grid.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,20 +21,14 @@ from monai.inferers import sliding_window_inference
 
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import compact_labels
-from weakseg_monai.transforms.dictionary import resample_volume, working_shape
+from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percentiles, check_working_size: re-exported)
+    ToWorkingGridd,
+    check_working_size,
+    resample_volume,
+    scale_percentiles,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def scale_percentiles(x: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
-    """``(x - p_lower) / (p_upper - p_lower)``: MONAI's ``ScaleIntensityRangePercentiles(lower, upper, 0, 1,
-    clip=False)`` as the training pipeline applies it, with both percentiles from one ``np.percentile``
-    (partition, O(n)); MONAI takes ``torch.quantile`` below 1 M voxels, which sorts (~60 ms for a SIM+ stack at
-    the working spacing)."""
-    low, high = np.percentile(x.numpy(), [lower, upper])
-    if high == low:  # MONAI's rule for a constant image: shift only
-        return (x - float(low)).float()
-    return ((x - float(low)) / float(high - low)).float()
 
 
 class WeakSegPredictor:
@@ -77,17 +70,16 @@ class WeakSegPredictor:
     def working_spacing(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in self.network.working_spacing.tolist())  # type: ignore[return-value]
 
-    def preprocess(self, image: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, np.ndarray]:
-        """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing, and the zoom."""
-        new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
-        check_working_size(image.shape[1:], spacing, new)
-        return self.normalise(image, new), zoom
+    def working_grid(self) -> ToWorkingGridd:
+        """The model's input rule (resampling + normalisation), the transform the bundle's ``preprocessing`` uses;
+        volumes above ``max_whole_voxels`` are left for the blockwise path (unless ``blockwise`` is off)."""
+        return ToWorkingGridd(self.network, self.max_whole_voxels if self.blockwise else None)
 
-    def normalise(self, image: torch.Tensor, working: Sequence[int]) -> torch.Tensor:
-        """``(1, X, Y, Z)`` input resampled to the ``working`` grid and percentile-normalised."""
-        x = resample_volume(torch.as_tensor(image, dtype=torch.float32), working)
-        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
-        return scale_percentiles(x, lower, upper)
+    def preprocess(self, image: torch.Tensor, spacing: Sequence[float]) -> tuple[torch.Tensor, dict]:
+        """``(1, X, Y, Z)`` input -> normalised ``(1, X', Y', Z')`` at the working spacing (or the input itself,
+        for the blockwise path), and its ``working_grid`` (zoom, original shape, blockwise)."""
+        d = self.working_grid()({"image": image, "spacing": spacing})
+        return d["image"], d["working_grid"]
 
     def predict_blockwise(self, image: torch.Tensor, zoom: np.ndarray) -> dict[str, np.ndarray]:
         """A volume larger than ``max_whole_voxels`` at the working spacing: block by block, bounded memory
@@ -151,12 +143,17 @@ class WeakSegPredictor:
         """
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"expected a single-channel (1, X, Y, Z) volume, got shape {tuple(image.shape)}")
-        new, zoom = working_shape(image.shape[1:], spacing, self.working_spacing)
-        check_working_size(image.shape[1:], spacing, new)
-        if int(np.prod(new)) > self.max_whole_voxels and self.blockwise:
-            return self.predict_blockwise(image, zoom)
-        result = self.predict_working(self.normalise(image, new))
-        original = tuple(int(s) for s in image.shape[1:])
+        return self.predict_prepared(*self.preprocess(image, spacing))
+
+    def predict_prepared(self, x: torch.Tensor, grid: dict) -> dict[str, np.ndarray]:
+        """``__call__`` after ``ToWorkingGridd``: ``x`` at the working grid (or the input, for the blockwise
+        path) and its ``working_grid``; returns the instances in the input's own voxel grid."""
+        zoom, original = np.asarray(grid["zoom"]), tuple(int(s) for s in grid["original_shape"])
+        if grid["blockwise"]:
+            if not self.blockwise:
+                raise ValueError(f"{type(self).__name__} has no blockwise path: use ToWorkingGridd(max_voxels=None)")
+            return self.predict_blockwise(x, zoom)
+        result = self.predict_working(x)
         boxes = result["boxes"].cpu().numpy() / np.tile(zoom, 2)
         boxes = np.clip(boxes, 0, np.tile(original, 2)).astype(np.float32)
         found = {"boxes": boxes, "scores": result["scores"].cpu().numpy(), "labels": result["labels"].cpu().numpy()}
@@ -197,28 +194,6 @@ def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: WeakIns
         f"{' x '.join(f'{v:.3g}' for v in found_um)} µm vs about {trained} µm): check the spacing "
         f"{tuple(float(v) for v in spacing_um)} µm, or retrain on such data"
     )
-
-
-def physical_memory_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # not POSIX: no check
-        return 1 << 62
-
-
-def check_working_size(shape: Sequence[int], spacing: Sequence[float], working: Sequence[int]) -> None:
-    """Refuse, before any allocation, a volume whose spacing would resample it past this machine's memory (a
-    float32 copy at the working spacing larger than physical RAM): almost always a wrong spacing or unit."""
-    needed = 4 * float(np.prod(np.asarray(working, dtype=np.float64)))
-    if needed > physical_memory_bytes():
-        size = tuple(int(s) for s in shape)
-        grid = tuple(int(s) for s in working)
-        raise ValueError(
-            f"spacing {tuple(float(s) for s in spacing)} µm looks wrong: it resamples the {size} volume to {grid} "
-            f"voxels at the model's working spacing ({needed / 1e9:.3g} GB for one float32 copy, more than this "
-            f"machine's memory). Check the file's physical size and unit, or pass the right one with "
-            f'--spacing "[x, y, z]" (µm)'
-        )
 
 
 def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""Writing predictions next to their inputs' geometry: label volume, boxes JSON and a preview PNG.
+"""The inference workflow around ``WeakSegInferer``: inputs listed (``input_items``) and loaded (``LoadInputd``),
+predictions written next to their inputs' geometry (``PredictionWriter``: label volume, boxes JSON, preview PNG).
+``inference.json`` composes these pieces; ``run_inference`` builds the same workflow in Python.
 
 Every file is written to a temporary name and renamed at the end, so a failed input leaves no partial
-output behind.
+output behind; a failed input does not stop the others, and the run raises at the end naming every failure.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import DataLoader, Dataset
+from monai.data.utils import no_collation
+from monai.engines import SupervisedEvaluator
+from monai.transforms import Compose, MapTransform
+from monai.utils.enums import CommonKeys as Keys
 
 from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
 from weakseg_monai.data.preview import save_preview
+from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
 from weakseg_monai.inference.predictor import scale_mismatch
 
 logger = logging.getLogger(__name__)
@@ -175,6 +183,143 @@ def save_prediction(
     return targets
 
 
+class LoadInputd(MapTransform):
+    """``{"image": path}`` -> ``image (1, X, Y, Z)`` float32 tensor, ``spacing``, ``affine`` (NIfTI, else None),
+    ``path``, ``error`` (``load_input``'s checks and spacing rule; ``spacing`` overrides the file's own), and
+    ``input_image``, the same tensor, kept for the preview when later transforms resample ``image``.
+
+    An input that cannot be read or is not a single-channel 3D volume gives ``image = None`` and the message in
+    ``error``: the run goes on with the other inputs and ``PredictionWriter`` reports every failure at the end.
+    """
+
+    def __init__(self, keys: str = "image", spacing: Sequence[float] | None = None) -> None:
+        super().__init__(keys=keys)
+        self.spacing = spacing
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        key = self.keys[0]
+        path = Path(d[key])
+        d.update(path=str(path), error=None, spacing=None, affine=None)
+        try:
+            array, d["spacing"], d["affine"] = load_input(path, self.spacing)
+            d[key] = d["input_image"] = torch.from_numpy(array.astype(np.float32))[None]
+        except (OSError, ValueError, RuntimeError) as err:
+            d[key] = None
+            d["error"] = str(err)
+        return d
+
+
+def input_items(input_path: str | Path) -> list[dict]:
+    """The dataset of an inference run: ``{"image": path}`` per input (``list_inputs``)."""
+    return [{"image": str(path)} for path in list_inputs(input_path)]
+
+
+class PredictionWriter:
+    """Ignite handler of an inference evaluator: write each prediction next to its input's geometry
+    (``save_prediction``), warn on an implausible object scale, and raise at the end if any input failed.
+
+    Reads ``engine.state.output``: ``image`` (the loaded volumes), ``label`` (the items' ``path``, ``spacing``,
+    ``affine``, ``error``, from ``prepare_instance_batch``) and ``pred`` (``WeakSegInferer`` predictions).
+    The output folder is checked before the first prediction; while the engine runs, SIGTERM exits through
+    the writers' clean-up (no temporary file left behind).
+    """
+
+    def __init__(self, output_dir: str | Path, preview: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.preview = preview
+        self.summaries: list[dict] = []
+        self.failures: list[str] = []
+        self._previous_handler = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.write)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
+
+    def started(self, engine: Engine) -> None:
+        check_output_dir(self.output_dir)
+        self.summaries, self.failures = [], []
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
+
+    def write(self, engine: Engine) -> None:
+        output = engine.state.output
+        for image, item, pred in zip(output[Keys.IMAGE], output[Keys.LABEL], output[Keys.PRED]):
+            path = Path(item["path"])
+            error = item.get("error") or (pred or {}).get("error")
+            number = f"[{len(self.summaries) + len(self.failures) + 1}/{engine.state.epoch_length}]"
+            if not error:
+                try:
+                    array = item.get("input_image", image)[0].cpu().numpy()
+                    spacing, affine = item["spacing"], item["affine"]
+                    written = save_prediction(pred, array, path, self.output_dir, spacing, affine, self.preview)
+                except (OSError, ValueError, RuntimeError) as err:
+                    error = str(err)
+            if error:
+                message = error if str(path) in error else f"{path}: {error}"  # no path twice
+                logger.error("%s %s", number, message)
+                self.failures.append(message)
+                continue
+            if hasattr(engine.network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
+                warning = scale_mismatch(pred["boxes"], item["spacing"], engine.network)
+                if warning:
+                    logger.warning("%s: %s", path, warning)
+            n, seconds = len(pred["boxes"]), float(pred.get("seconds", float("nan")))
+            logger.info("%s %s: %d instances in %.1f s -> %s", number, path.name, n, seconds, written["instances"])
+            self.summaries.append({"image": str(path), "instances": n, "seconds": seconds})
+
+    def restore_signal(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def completed(self, engine: Engine) -> None:
+        self.restore_signal()
+        if self.failures:
+            total = len(self.failures) + len(self.summaries)
+            raise RuntimeError(f"{len(self.failures)} of {total} inputs failed:\n  " + "\n  ".join(self.failures))
+
+    def exception_raised(self, engine: Engine, err: Exception) -> None:
+        self.restore_signal()
+        raise err
+
+
+def _exit_on_signal(signum, _frame):
+    """SIGTERM (a scheduler's kill, Ctrl-C's cousin) raises SystemExit, so ``finally`` blocks clean up."""
+    raise SystemExit(128 + signum)
+
+
+def inference_evaluator(
+    inferer: WeakSegInferer,
+    network: torch.nn.Module,
+    input_path: str | Path,
+    output_dir: str | Path,
+    preview: bool = True,
+    spacing: Sequence[float] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[SupervisedEvaluator, PredictionWriter]:
+    """The inference workflow ``inference.json`` composes, built in Python: ``Dataset(input_items, LoadInputd +
+    ToWorkingGridd)``,
+    ``DataLoader(no_collation)``, ``SupervisedEvaluator(prepare_instance_batch, inferer)`` and a
+    ``PredictionWriter``."""
+    preprocessing = Compose([LoadInputd(spacing=spacing), inferer.predictor_for(network).working_grid()])
+    dataset = Dataset(input_items(input_path), transform=preprocessing)
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, collate_fn=no_collation)
+    writer = PredictionWriter(output_dir, preview)
+    evaluator = SupervisedEvaluator(
+        device=device,
+        val_data_loader=loader,
+        network=network,
+        prepare_batch=prepare_instance_batch,
+        inferer=inferer,
+        val_handlers=[writer],
+        decollate=False,
+    )
+    return evaluator, writer
+
+
 def run_inference(
     predictor,
     input_path: str | Path,
@@ -188,65 +333,23 @@ def run_inference(
 
     Returns one summary dict per input (path, instances, seconds).
     """
-    files = list_inputs(input_path)
-    check_output_dir(output_dir)
-    with _terminate_as_exit():
-        return _predict_all(predictor, files, output_dir, preview, spacing)
+    inferer = WeakSegInferer(predictor, record_errors=True)
+    evaluator, writer = inference_evaluator(
+        inferer, predictor.network, input_path, output_dir, preview, spacing, predictor.device
+    )
+    evaluator.run()
+    return writer.summaries
 
 
-@contextmanager
-def _terminate_as_exit():
-    """SIGTERM (a scheduler's kill, Ctrl-C's cousin) raises SystemExit while inference runs, so the writers'
-    ``finally`` blocks remove their temporary files instead of leaving them behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _predict_all(predictor, files: list[Path], output_dir, preview: bool, spacing) -> list[dict]:
-    import torch
-
-    summaries, failures = [], []
-    for i, path in enumerate(files, start=1):
-        start = time.perf_counter()
-        try:
-            array, used_spacing, affine = load_input(path, spacing)
-            prediction = predictor(torch.from_numpy(array.astype(np.float32))[None], used_spacing)
-            written = save_prediction(prediction, array, path, output_dir, used_spacing, affine, preview)
-            network = getattr(predictor, "network", None)
-            warning = None
-            if hasattr(network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
-                warning = scale_mismatch(prediction["boxes"], used_spacing, network)
-            if warning:
-                logger.warning("%s: %s", path, warning)
-        except (OSError, ValueError, RuntimeError) as err:
-            message = str(err) if str(path) in str(err) else f"{path}: {err}"  # no path twice
-            logger.error("[%d/%d] %s", i, len(files), message)
-            failures.append(message)
-            continue
-        seconds = time.perf_counter() - start
-        logger.info(
-            "[%d/%d] %s: %d instances in %.1f s -> %s",
-            i,
-            len(files),
-            path.name,
-            len(prediction["boxes"]),
-            seconds,
-            written["instances"],
-        )
-        summaries.append({"image": str(path), "instances": len(prediction["boxes"]), "seconds": seconds})
-    if failures:
-        raise RuntimeError(f"{len(failures)} of {len(files)} inputs failed:\n  " + "\n  ".join(failures))
-    return summaries
-
-
-__all__ = ["run_inference", "save_prediction", "list_inputs", "load_input", "output_stem", "check_output_dir"]
+__all__ = [
+    "LoadInputd",
+    "PredictionWriter",
+    "check_output_dir",
+    "inference_evaluator",
+    "input_items",
+    "list_inputs",
+    "load_input",
+    "output_stem",
+    "run_inference",
+    "save_prediction",
+]

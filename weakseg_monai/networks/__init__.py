@@ -2,7 +2,8 @@
 
 from weakseg_monai.networks.backbone import VoxResBackbone, VoxResBlock
 from weakseg_monai.networks.baseline import VoxResSegNet
-from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet, WeakInstanceSegNetExport
+from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet
+from weakseg_monai.networks.export import WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
 
 __all__ = [

@@ -399,17 +399,3 @@ def split_mask_roi_budget(with_mask: Tensor, box_only: Tensor, budget: int) -> t
         return index[torch.randperm(index.numel(), device="cpu")[:n].to(index.device)] if index.numel() > n else index
 
     return pick(with_mask, take_mask), pick(box_only, take_box)
-
-
-class WeakInstanceSegNetExport(WeakInstanceSegNet):
-    """TorchScript export form for ``python -m monai.bundle ckpt_export``: same arguments and state-dict keys
-    as ``WeakInstanceSegNet`` (so the bundle checkpoint loads as is), ``forward(images)`` = the dense part.
-
-    Why only the dense part: the second stage is data dependent (thresholds, top-k, NMS, a variable
-    number of RoIs, lists of per-image dicts) and RoIAlign takes flexible Python arguments; TorchScript
-    rejects those. The exported module gives ``cls_logits``, ``box_regression``, ``fine`` and ``coarse``;
-    anchors, decoding, NMS and the mask head run in Python (``WeakInstanceSegNet.detect``).
-    """
-
-    def forward(self, images: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
-        return self.network(images)

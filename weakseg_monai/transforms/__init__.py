@@ -6,7 +6,9 @@ from weakseg_monai.transforms.dictionary import (
     MarkCutBoxesd,
     RandZoomBoxVolumed,
     ResampleToSpacingd,
+    ToWorkingGridd,
     resample_volume,
+    scale_percentiles,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "MarkCutBoxesd",
     "RandZoomBoxVolumed",
     "ResampleToSpacingd",
+    "ToWorkingGridd",
     "resample_volume",
+    "scale_percentiles",
 ]
