@@ -69,5 +69,6 @@ def partial_mask_loss(mask_logits: Tensor, mask_targets: Tensor, weights: Tensor
 class PartialMaskLoss(nn.Module):
     """``nn.Module`` form of :func:`partial_mask_loss` (the paper's mask-weight layer + average BCE)."""
 
+    @torch.jit.unused  # training only: an exported (scripted) network never calls its losses
     def forward(self, mask_logits: Tensor, mask_targets: Tensor, weights: Tensor) -> Tensor:
         return partial_mask_loss(mask_logits, mask_targets, weights)
