@@ -155,3 +155,20 @@ def test_boxes_alone_teach_the_mask_head_to_segment_its_training_nuclei():
         pred = found == k  # value k = the k-th box (all kept: every box gets voxels)
         ious.append(float((pred & (truth == k)).sum() / (pred | (truth == k)).sum()))
     assert min(ious) > 0.6, ious
+
+
+def test_smoothing_before_projecting_refuses_the_stripe_shortcut():
+    """Sparse diagonal stripes (what a transposed convolution's checkerboard offers) fill every max projection
+    of a box, so the raw projection term cannot tell them from a solid object; a local mean first can."""
+    roi = torch.tensor([[0.0, 0.0, 0.0, 12.0, 12.0, 12.0]])
+    box = box_in_roi_grid(torch.tensor([[0.0, 0.0, 0.0, 12.0, 12.0, 12.0]]), roi, 12)
+    i, j, k = torch.meshgrid(*[torch.arange(12)] * 3, indexing="ij")
+    stripes = ((i + j + k) % 4 == 0).float()[None]
+    assert projection_loss(stripes, box, 2) < 1e-4  # the shortcut the plain term allows
+    loss = BoxSupervisedMaskLoss(pairwise_weight=0.0, outside_weight=0.0, projection_smoothing=3)
+    logits = {name: torch.logit(m.clamp(1e-4, 1 - 1e-4)) for name, m in {"stripes": stripes, "solid": box}.items()}
+    rois = torch.cat([torch.zeros(1, 1), roi], dim=1)
+    gt = roi.clone()
+    images = torch.zeros(1, 1, 12, 12, 12)
+    assert loss(logits["solid"], rois, gt, images) < 0.01
+    assert loss(logits["stripes"], rois, gt, images) > 0.2

@@ -123,14 +123,16 @@ def test_main_job_inference_on_the_shipped_sample(tmp_path):
     assert score["f1"] > 0.8, score
 
 
-def test_blocks_give_no_split_or_duplicate_cell_at_the_seam_and_match_the_whole_volume():
+@pytest.mark.parametrize("mask_context", [0.0, 0.25])
+def test_blocks_give_no_split_or_duplicate_cell_at_the_seam_and_match_the_whole_volume(mask_context):
     """Two blocks along x (cores [0, 80) and [80, 160)); the nuclei crossing the seam are found once, and the
-    blockwise labels agree with the whole-volume ones."""
+    blockwise labels agree with the whole-volume ones (also when masks live in grown frames, mask_context)."""
     from weakseg_monai.metrics import segmentation_f1
 
     image, instances = generate_stack([11], shape=(160, 96, 32), model=NucleusModel(n_cells=(25, 30)))
     gt_boxes = boxes_from_instances(instances)
     model = shipped_model()
+    model.mask_context.fill_(mask_context)
     x = torch.from_numpy(image.astype(np.float32))[None]
     whole = WeakSegPredictor(model)(x, (0.5, 0.5, 1.0))
     blocks = WeakSegPredictor(model, block_size=(80, 96, 32), max_whole_voxels=1)(x, (0.5, 0.5, 1.0))

@@ -131,6 +131,7 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
         working_spacing=[0.21, 0.21, 0.44],
         score_thresh=0.35,
         nms_thresh=0.45,
+        mask_context=0.25,
     )
     trained = WeakInstanceSegNet(**planned)
     torch.save(trained.state_dict(), tmp_path / "model.pt")
@@ -139,15 +140,17 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
     assert loaded.working_spacing.tolist() == pytest.approx(planned["working_spacing"])
     assert loaded.anchor_shapes.tolist() == planned["anchor_shapes"]
     assert float(loaded.score_thresh) == pytest.approx(0.35) and float(loaded.nms_thresh) == pytest.approx(0.45)
+    assert float(loaded.mask_context) == pytest.approx(0.25)
     assert WeakSegPredictor(loaded).working_spacing == pytest.approx(tuple(planned["working_spacing"]))
 
 
 def test_checkpoints_from_before_the_threshold_buffers_still_load():
     old = WeakInstanceSegNet().state_dict()
-    del old["score_thresh"], old["nms_thresh"]
+    del old["score_thresh"], old["nms_thresh"], old["mask_context"]
     model = WeakInstanceSegNet()
     model.load_state_dict(old)
     assert float(model.score_thresh) == pytest.approx(0.5) and float(model.nms_thresh) == pytest.approx(0.3)
+    assert float(model.mask_context) == 0.0, "old checkpoints were trained with tight mask RoIs"
 
 
 def test_targets_are_what_the_shipped_architecture_expects():

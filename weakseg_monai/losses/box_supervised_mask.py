@@ -5,9 +5,12 @@ still says two things about the mask, and both carry to 3D:
 
 - **projection term**: the mask's maximum along each axis must fill the box's projection on the other two
   axes and nothing else. With ``p`` the predicted probabilities in the RoI's ``M³`` grid and ``b`` the GT
-  box drawn into that grid, ``dice(max_z p, max_z b) + dice(max_y p, max_y b) + dice(max_x p, max_x b)``
+  box drawn into that grid, ``dice(max_z p̄, max_z b) + dice(max_y p̄, max_y b) + dice(max_x p̄, max_x b)``
   (the xy, xz and yz projections, ``projection_dims=2``; ``1`` takes profiles along each axis instead, which
-  only ask the object to touch all six faces), averaged over RoIs. A mask filling the box costs 0;
+  only ask the object to touch all six faces), averaged over RoIs. ``p̄`` is ``p`` after a 3³ local mean
+  (``projection_smoothing``): on raw maxima, sparse diagonal stripes (which the mask head's transposed
+  convolution produces readily) fill every projection as well as a solid object does, and that is what the
+  head learned from boxes alone; a local mean lets only solid regions reach 1. A mask filling the box costs 0;
 - **outside term**: voxels of the RoI grid outside the GT box are certainly not this instance: mean BCE towards
   0 there. This needs a grid larger than the box (``WeakInstanceSegNet(mask_context > 0)``); with a tight RoI
   nothing would tell the corners of a box from the object (a mask filling the box has zero loss);
@@ -16,11 +19,6 @@ still says two things about the mask, and both carry to 3D:
   with ``P = p_i p_j + (1 - p_i)(1 - p_j)``, over 3D neighbours at the given dilations, counted for pairs with
   at least one voxel inside the GT box (as BoxInst), so the outside background spreads into the box's corners.
   It is ramped in over ``warmup_iterations``.
-
-Measured state (see ``bundle/docs/README.md``): a tiny overfit from boxes alone reaches mask IoU > 0.8, but on
-the synthetic HL60 stacks the head learns sparse diagonal stripes (the transposed convolution's checkerboard)
-that satisfy the max projections, and blurred, textured nuclei make the pairwise term cheaper for them than for
-the true mask; so the terms stay off by default.
 
 Nothing here knows about anchors or data loaders: RoI boxes, GT boxes, logits and the image patch in, a
 scalar out (the shape of torchvision's ``maskrcnn_loss``).
@@ -141,7 +139,8 @@ def pairwise_loss(
 
 
 class BoxSupervisedMaskLoss(nn.Module):
-    """The box terms for box-only RoIs: ``weight * (projection + ramp * pairwise_weight * pairwise)``.
+    """The box terms for box-only RoIs:
+    ``weight * (projection + outside_weight * outside + ramp * pairwise_weight * pairwise)``.
 
     ``ramp`` grows linearly from 0 to 1 over ``warmup_iterations`` training calls (as BoxInst warms its
     pairwise term up), counted by the module itself.
@@ -150,6 +149,9 @@ class BoxSupervisedMaskLoss(nn.Module):
         weight: ``box_mask_loss_weight`` (0 switches the box terms off: the paper's behaviour).
         pairwise_weight: weight of the pairwise term relative to the projection term.
         dilations, sigma, tau: the pairwise neighbourhood and intensity-similarity rule.
+        projection_dims: 2 = images on each axis pair (BoxInst's projections in 3D), 1 = profiles along each axis.
+        projection_smoothing: size of the local mean taken before projecting (1 = none).
+        outside_weight: weight of the BCE towards 0 outside the GT box (needs ``mask_context > 0`` on the model).
     """
 
     def __init__(
@@ -161,11 +163,13 @@ class BoxSupervisedMaskLoss(nn.Module):
         sigma: float = 0.1,
         tau: float = 0.3,
         projection_dims: int = 2,
+        projection_smoothing: int = 3,
         outside_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.outside_weight = float(outside_weight)
         self.projection_dims = int(projection_dims)
+        self.projection_smoothing = int(projection_smoothing)
         self.weight = float(weight)
         self.pairwise_weight = float(pairwise_weight)
         self.warmup_iterations = int(warmup_iterations)
@@ -182,6 +186,7 @@ class BoxSupervisedMaskLoss(nn.Module):
         """``(R, M, M, M)`` image values in each RoI's mask grid (``rois``: ``(R, 7)`` with batch index)."""
         return roi_align_3d(images, rois, mask_size, 1.0, 2, True)[:, 0]
 
+    @torch.jit.unused  # training only: an exported (scripted) network never calls its losses
     def forward(self, mask_logits: Tensor, rois: Tensor, gt_boxes: Tensor, images: Tensor) -> Tensor:
         """Args: ``mask_logits (R, M, M, M)``; ``rois (R, 7)`` (batch index + box); ``gt_boxes (R, 6)``;
         ``images (N, 1, X, Y, Z)`` normalised. Returns a scalar (0 through the graph when ``R == 0``)."""
@@ -192,7 +197,11 @@ class BoxSupervisedMaskLoss(nn.Module):
         size = mask_logits.shape[-1]
         boxes = box_in_roi_grid(gt_boxes.float(), rois[:, 1:].float(), size)
         probs = torch.sigmoid(mask_logits.float())
-        loss = projection_loss(probs, boxes, self.projection_dims)
+        projected = probs
+        if self.projection_smoothing > 1:  # a local mean first: thin stripes cannot reach 1, solid regions can
+            k = self.projection_smoothing
+            projected = F.avg_pool3d(probs[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+        loss = projection_loss(projected, boxes, self.projection_dims)
         if self.outside_weight > 0:
             loss = loss + self.outside_weight * outside_loss(mask_logits.float(), boxes)
         if self.pairwise_weight > 0:
