@@ -155,3 +155,17 @@ def test_checkpoints_from_before_the_threshold_buffers_still_load():
 
 def test_targets_are_what_the_shipped_architecture_expects():
     assert TARGET_OBJECT_VOXELS[0] / 4 >= 4, "the median object spans >= 4 cells of the detection stride"
+
+
+def test_box_terms_are_planned_on_only_when_masks_are_too_few_to_teach_the_head():
+    from types import SimpleNamespace
+
+    from weakseg_monai.planning.planner import plan_box_mask_loss_weight, plan_mask_context
+
+    boxes_only = SimpleNamespace(n_objects=300, n_masked=0)
+    partial = SimpleNamespace(n_objects=300, n_masked=60)
+    assert plan_box_mask_loss_weight(boxes_only) == 1.0 and plan_mask_context(1.0) == 0.25
+    assert plan_box_mask_loss_weight(partial) == 0.0 and plan_mask_context(0.0) == 0.0
+    # --mask_fraction decides over the datalist's own flags (the run keeps that share of the masks)
+    assert plan_box_mask_loss_weight(partial, mask_fraction=0.0) == 1.0
+    assert plan_box_mask_loss_weight(boxes_only, mask_fraction=0.2) == 0.0
