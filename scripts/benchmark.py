@@ -169,27 +169,22 @@ def train_step_times(repeats: int = 9) -> dict:
     boxed = WeakInstanceSegNet(mask_context=0.25, box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0)).train()
     boxed.load_state_dict(model.state_dict())
     x, targets = training_batch(2, (64, 64, 32))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
-    def full():
-        loss = sum(model(x, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def step(net: torch.nn.Module, loss_of):
+        """One SGD step of ``net`` on the loss ``loss_of()`` computes."""
+        opt = torch.optim.SGD(net.parameters(), lr=1e-4)
 
-    opt_boxed = torch.optim.SGD(boxed.parameters(), lr=1e-4)
+        def run() -> None:
+            loss = loss_of()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    def with_box_loss():
-        loss = sum(boxed(x, targets).values())
-        opt_boxed.zero_grad()
-        loss.backward()
-        opt_boxed.step()
+        return run
 
-    def backbone():
-        loss = sum(f.mean() for f in model.network.backbone(x))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    full = step(model, lambda: sum(model(x, targets).values()))
+    with_box_loss = step(boxed, lambda: sum(boxed(x, targets).values()))
+    backbone = step(model.network.backbone, lambda: sum(f.mean() for f in model.network.backbone(x)))
 
     # interleaved rounds and medians: this machine's background load moves single timings by +-30 %
     times: dict[str, list[float]] = {"full": [], "box_loss": [], "backbone": []}
