@@ -7,6 +7,10 @@ from weakseg_monai.losses.partial_mask import PartialMaskLoss, partial_mask_loss
 
 __all__ = [
     "BoxSupervisedMaskLoss",
+    "PartialMaskLoss",
+    "box_loss",
     "pairwise_loss",
+    "partial_mask_loss",
+    "project_masks_on_boxes",
     "projection_loss",
-   "box_loss", "partial_mask_loss", "PartialMaskLoss", "project_masks_on_boxes"]
+]

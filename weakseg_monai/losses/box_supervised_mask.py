@@ -58,7 +58,7 @@ def _dice_loss(pred: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
     return 1.0 - 2.0 * inter / (union + eps)
 
 
-def projection_loss(mask_probs: Tensor, box_masks: Tensor, dims: int = 1) -> Tensor:
+def projection_loss(mask_probs: Tensor, box_masks: Tensor, dims: int = 2) -> Tensor:
     """Mean over RoIs and axes of the dice loss between mask and box projections (see the module docstring).
 
     Args:

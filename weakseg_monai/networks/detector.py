@@ -269,7 +269,7 @@ class WeakInstanceSegNet(nn.Module):
             ignored = target.get("box_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool().to(sized.device)
             with_mask = torch.nonzero(sized & annotated[gt_index]).squeeze(1)
             box_only = torch.nonzero(sized & ~annotated[gt_index] & ~ignored[gt_index]).squeeze(1)
-            if self.box_mask_loss is None or not self.box_mask_loss.active:
+            if not self.box_terms_active:
                 box_only = box_only[:0]
             with_mask, box_only = split_mask_roi_budget(with_mask, box_only, self.mask_rois_per_image)
             chosen = torch.cat([with_mask, box_only])
@@ -297,7 +297,7 @@ class WeakInstanceSegNet(nn.Module):
     def _mask_losses(self, out, images, targets, roi_boxes, roi_batch, roi_ids, roi_weights, roi_gt) -> dict:
         """``loss_mask`` (the paper's BCE over RoIs of weight 1) and, when the box terms are on,
         ``loss_mask_box`` (BoxInst terms over the box-only RoIs, weight 0)."""
-        box_terms = self.box_mask_loss is not None and self.box_mask_loss.active
+        box_terms = self.box_terms_active
         if not roi_boxes:
             # no supervised RoI in the batch: one zero-weight RoI keeps the mask head in the graph
             whole = torch.tensor([[0.0, 0.0, 0.0, 0.0, *[float(s) for s in images.shape[2:]]]], device=images.device)
@@ -319,6 +319,11 @@ class WeakInstanceSegNet(nn.Module):
                 logits[box_only, 0], rois[box_only], torch.cat(roi_gt)[box_only], images
             )
         return losses
+
+    @property
+    def box_terms_active(self) -> bool:
+        """Whether box-only instances get the box terms (else the paper's rule: no mask loss for them)."""
+        return self.box_mask_loss is not None and self.box_mask_loss.active
 
     def mask_frames(self, boxes: Tensor) -> Tensor:
         """``(K, 6)`` the frames the mask head predicts (and masks are pasted) in: ``boxes`` grown by
