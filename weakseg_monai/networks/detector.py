@@ -116,6 +116,8 @@ class WeakInstanceSegNet(nn.Module):
 
     # buffers added after the first checkpoints shipped: filled from the constructor when a state dict lacks them
     LATE_BUFFERS = ("score_thresh", "nms_thresh", "mask_context")
+    # training-only properties TorchScript must not compile (ckpt_export scripts the export subclass)
+    __jit_unused_properties__ = ["box_terms_active"]
 
     def __init__(
         self,
