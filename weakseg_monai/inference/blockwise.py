@@ -104,14 +104,15 @@ def predict_block(
     origin = torch.tensor([a for a, _ in block.region], dtype=torch.float32, device=boxes.device)
     limit = torch.tensor(working * 2, dtype=boxes.dtype, device=boxes.device)
     global_boxes = torch.minimum(boxes, limit) / block_zoom.repeat(2) + origin.repeat(2)
-    global_frames = network.mask_frames(boxes) / block_zoom.repeat(2) + origin.repeat(2)  # where masks paste
+    frames = network.mask_frames(boxes)
+    global_frames = frames / block_zoom.repeat(2) + origin.repeat(2)  # where masks paste
     centre = (global_boxes[:, :3] + global_boxes[:, 3:]) / 2
     lo = torch.tensor([a for a, _ in block.core], dtype=torch.float32, device=boxes.device)
     hi = torch.tensor([b for _, b in block.core], dtype=torch.float32, device=boxes.device)
     owned = ((centre >= lo) & (centre < hi)).all(dim=1)
     masks = torch.zeros((0, *(network.mask_head.mask_size,) * 3), dtype=torch.uint8)
     if owned.any():
-        probs = network.mask_probabilities(out["fine"], out["coarse"], boxes[owned])
+        probs = network.mask_probabilities(out["fine"], out["coarse"], frames[owned])
         masks = (probs * MASK_LEVELS).round().to(torch.uint8).cpu()
     return {
         "boxes": global_boxes[owned].cpu(),

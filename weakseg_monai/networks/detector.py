@@ -375,10 +375,9 @@ class WeakInstanceSegNet(nn.Module):
         ]
 
     @torch.no_grad()
-    def mask_probabilities(self, fine: Tensor, coarse: Tensor, boxes: Tensor) -> Tensor:
-        """``(K, M, M, M)`` mask probabilities of the ``(K, 6)`` boxes of one image (``fine``/``coarse``: batch 1),
-        in the frames ``mask_frames(boxes)``."""
-        frames = self.mask_frames(boxes)
+    def mask_probabilities(self, fine: Tensor, coarse: Tensor, frames: Tensor) -> Tensor:
+        """``(K, M, M, M)`` mask probabilities in the ``(K, 6)`` frames ``mask_frames(boxes)`` of one image's
+        boxes (``fine``/``coarse``: batch 1)."""
         rois = torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)
         return torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
 
@@ -387,8 +386,8 @@ class WeakInstanceSegNet(nn.Module):
     ) -> dict[str, Tensor]:
         """Second stage for one image: masks of the detected boxes pasted into an instance label volume."""
         if boxes.shape[0]:
-            probs = self.mask_probabilities(fine, coarse, boxes)
             frames = self.mask_frames(boxes)
+            probs = self.mask_probabilities(fine, coarse, frames)
             instances, keep = paste_masks_in_volume(probs, frames, scores, spatial, self.mask_threshold)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         else:
