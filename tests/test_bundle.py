@@ -270,6 +270,7 @@ def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     labels = read_volume(tmp_path / "out" / "test_000_instances.nii.gz")
     assert labels.shape == read_volume(tiny_bundle_data / "images" / "test_000.nii.gz").shape
+    assert not (tmp_path / "out" / "test_000_preview.png").exists(), "--preview false still wrote a preview"
 
 
 def test_a_failing_bundle_run_ends_with_the_real_message(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from weakseg_monai.conventions import as_flag
 from weakseg_monai.data.io import read_volume, resolve_spacing, tiff_spacing, write_volume
 
 
@@ -144,3 +145,10 @@ def test_the_preview_of_a_thin_volume_stays_small(tmp_path, shape, spacing):
     path = save_preview(tmp_path / "p.png", np.random.rand(*shape), np.zeros(shape, np.int32), spacing, "thin")
     width, height = Image.open(path).size
     assert width <= 1000 and height <= 2500
+
+
+def test_yes_no_options_read_the_words_the_command_line_passes():
+    assert as_flag("false", "preview") is False and as_flag(" True ", "preview") is True
+    assert as_flag(0, "preview") is False and as_flag(True, "preview") is True
+    with pytest.raises(ValueError, match="preview must be true or false, got 'maybe'"):
+        as_flag("maybe", "preview")

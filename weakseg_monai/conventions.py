@@ -59,6 +59,19 @@ def as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_flag(value: bool | int | str, name: str) -> bool:
+    """A yes/no option as a bool. The bundle command line passes ``--preview false`` as the string "false"
+    (fire only knows Python literals), which ``bool()`` would read as true."""
+    if isinstance(value, (bool, int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAG_WORDS:
+        return FLAG_WORDS[value.strip().lower()]
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def assert_volume_3d(array: np.ndarray, name: str = "volume") -> np.ndarray:
     """Assert a spatial ``(x, y, z)`` array (no channel axis)."""
     if array.ndim != 3:

@@ -25,6 +25,7 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, MapTransform
 from monai.utils.enums import CommonKeys as Keys
 
+from weakseg_monai.conventions import as_flag
 from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
@@ -227,7 +228,7 @@ class PredictionWriter:
 
     def __init__(self, output_dir: str | Path, preview: bool = True) -> None:
         self.output_dir = Path(output_dir)
-        self.preview = preview
+        self.preview = as_flag(preview, "preview")
         self.summaries: list[dict] = []
         self.failures: list[str] = []
         self._previous_handler = None
