@@ -67,8 +67,9 @@ def as_flag(value: bool | int | str, name: str) -> bool:
     (fire only knows Python literals), which ``bool()`` would read as true."""
     if isinstance(value, (bool, int, np.integer)) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in FLAG_WORDS:
-        return FLAG_WORDS[value.strip().lower()]
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in FLAG_WORDS:
+        return FLAG_WORDS[word]
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
