@@ -76,7 +76,10 @@ def test_train_resume_then_evaluate(tiny_bundle_data, tmp_path):
     assert plan["fingerprint"]["n_volumes"] == 2
     first.finalize()
 
-    resumed = _workflow("train.json", iterations=6, resume=True, run_id="training", **common)  # the zoo's run id
+    not_resumed = _workflow("train.json", resume="false", **common)  # the word the command line passes
+    assert not_resumed.parser.get_parsed_content("train#checkpoint_loader#load_path") == "", "--resume false resumed"
+
+    resumed = _workflow("train.json", iterations=6, resume="true", run_id="training", **common)  # the zoo's run id
     trainer = resumed.parser.get_parsed_content("train#trainer")
     iterations_run = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
