@@ -125,20 +125,13 @@ def table_rows(k: int) -> dict[str, tuple[str, str, dict]]:
     }
 
 
-def annotation_units(key: str, budget: dict) -> float:
+def annotation_units(row: tuple[str, str, dict], budget: dict) -> float:
+    """Annotation time of one ``table_rows`` entry in box units: by its mask share (ours) or stacks (baseline)."""
+    _, config, extra = row
+    if config == "train_baseline.json":
+        return budget["matched_cost" if "n_stacks" in extra else "full_cost"]
     cells = budget["cells"]
-    return {
-        "ours20": budget["weak_cost"],
-        "ours20box": budget["weak_cost"],
-        "ours20ctx": budget["weak_cost"],
-        "ours20box25": budget["weak_cost"],
-        "ours20box10": budget["weak_cost"],
-        "ours100": cells * (1 + 30),
-        "ours0": cells * 1.0,
-        "ours0box": cells * 1.0,
-        "baseline": budget["full_cost"],
-        "baseline_k": budget["matched_cost"],
-    }[key]
+    return {0.0: cells * 1.0, 0.2: budget["weak_cost"], 1.0: cells * (1 + 30)}[extra["mask_fraction"]]
 
 
 def spread(values: list[float]) -> str:
@@ -249,7 +242,7 @@ def write_table(args, rows: dict, budget: dict, steps: int, n_test: int, cache_p
         if not runs:
             continue
         lines.append(
-            f"| {label} | {annotation_units(key, budget):.0f} | {len(runs)} | "
+            f"| {label} | {annotation_units(rows[key], budget):.0f} | {len(runs)} | "
             f"{spread([r['det_f1'] for r in runs])} | {spread([r['seg_f1'] for r in runs])} | "
             f"{spread([r['ctc_seg'] for r in runs])} | {np.mean([r['train_seconds'] for r in runs]):.0f} | "
             f"{np.mean([r['seconds_per_stack'] for r in runs]):.2f} |"
