@@ -105,6 +105,27 @@ def test_box_only_instances_teach_the_mask_head_only_through_the_box_terms():
     assert losses["loss_mask"].item() == 0.0 and bce_gradient == 0.0
 
 
+def test_box_terms_train_the_mask_head_and_the_backbone_only_when_asked():
+    """Default: box-only RoIs see detached features, so their loss reaches the mask head and not the backbone
+    that detection and the voxel-mask instances share; ``train_backbone=True`` lets it through."""
+    for train_backbone in (False, True):
+        torch.manual_seed(0)
+        loss = BoxSupervisedMaskLoss(warmup_iterations=0, train_backbone=train_backbone)
+        model = WeakInstanceSegNet(mask_context=0.25, box_mask_loss=loss, **SMALL).train()
+        losses = model(*_batch())
+        model.zero_grad()
+        losses["loss_mask_box"].backward()
+        backbone = sum(float(p.grad.abs().sum()) for p in model.network.parameters() if p.grad is not None)
+        head = sum(float(p.grad.abs().sum()) for p in model.mask_head.parameters() if p.grad is not None)
+        assert head > 0
+        assert (backbone > 0) == train_backbone
+        # the voxel-mask instance's BCE still trains the backbone either way
+        losses = model(*_batch())
+        model.zero_grad()
+        losses["loss_mask"].backward()
+        assert sum(float(p.grad.abs().sum()) for p in model.network.parameters() if p.grad is not None) > 0
+
+
 def test_without_box_terms_the_model_is_the_papers():
     model = WeakInstanceSegNet(**SMALL)
     losses = model.train()(*_batch())

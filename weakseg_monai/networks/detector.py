@@ -311,7 +311,8 @@ class WeakInstanceSegNet(nn.Module):
         ids = torch.cat(roi_ids)
         weights = torch.cat(roi_weights)
         rois = torch.cat([batch[:, None].to(boxes.dtype), boxes], dim=1)
-        logits = self.mask_head(out["fine"], out["coarse"], rois)
+        head_only = (weights == 0) if box_terms and not self.box_mask_loss.train_backbone else None
+        logits = self._roi_mask_logits(out, rois, head_only)
         volumes = torch.stack([t["instances"].to(images.device) for t in targets])
         mask_targets = project_masks_on_boxes(volumes, ids, boxes, self.mask_head.mask_size, batch)
         losses = {"loss_mask": self.mask_loss(logits[:, 0], mask_targets, weights)}
@@ -321,6 +322,18 @@ class WeakInstanceSegNet(nn.Module):
                 logits[box_only, 0], rois[box_only], torch.cat(roi_gt)[box_only], images
             )
         return losses
+
+    def _roi_mask_logits(self, out: dict[str, Tensor], rois: Tensor, head_only: Tensor | None) -> Tensor:
+        """``(K, 1, M, M, M)`` mask logits of ``rois (K, 7)``; the RoIs flagged in ``head_only (K,)`` see the
+        backbone's features detached, so their loss trains the mask head and not the features detection shares."""
+        if head_only is None or not head_only.any():
+            return self.mask_head(out["fine"], out["coarse"], rois)
+        shared, alone = torch.nonzero(~head_only).squeeze(1), torch.nonzero(head_only).squeeze(1)
+        logits = [self.mask_head(out["fine"].detach(), out["coarse"].detach(), rois[alone])]
+        if shared.numel():
+            logits.insert(0, self.mask_head(out["fine"], out["coarse"], rois[shared]))
+        order = torch.cat([shared, alone])
+        return torch.cat(logits)[torch.argsort(order)]
 
     @property
     def box_terms_active(self) -> bool:
