@@ -23,7 +23,7 @@ from weakseg_monai.planning.planner import (
     plan_working_spacing,
 )
 
-from .conftest import make_tiny_item, run_cli
+from .conftest import BUNDLE_DIR, make_tiny_item, run_cli
 
 HL60 = DatasetFingerprint(
     n_volumes=13,
@@ -169,3 +169,25 @@ def test_box_terms_are_planned_on_only_when_masks_are_too_few_to_teach_the_head(
     # --mask_fraction decides over the datalist's own flags (the run keeps that share of the masks)
     assert plan_box_mask_loss_weight(partial, mask_fraction=0.0) == 1.0
     assert plan_box_mask_loss_weight(boxes_only, mask_fraction=0.2) == 0.0
+
+
+def test_box_terms_reach_the_backbone_only_where_they_lead():
+    """Planned with the box terms: on the backbone when (almost) no masks exist, on the mask head alone when
+    voxel masks lead; the bundle wires the planned value into the loss component, and a command-line 'false'
+    (a string) turns it off."""
+    from types import SimpleNamespace
+
+    from monai.bundle import ConfigParser
+
+    from weakseg_monai.planning.planner import plan_box_terms_train_backbone
+
+    assert plan_box_terms_train_backbone(SimpleNamespace(n_objects=300, n_masked=0))
+    assert not plan_box_terms_train_backbone(SimpleNamespace(n_objects=300, n_masked=60))
+    assert not plan_box_terms_train_backbone(SimpleNamespace(n_objects=300, n_masked=0), mask_fraction=0.2)
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_DIR / "configs" / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE_DIR), "box_terms_train_backbone": "false", "box_mask_loss_weight": 1.0})
+    assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is False
+    parser.update({"box_terms_train_backbone": True})
+    assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is True

@@ -152,11 +152,10 @@ class BoxSupervisedMaskLoss(nn.Module):
         projection_dims: 2 = images on each axis pair (BoxInst's projections in 3D), 1 = profiles along each axis.
         projection_smoothing: size of the local mean taken before projecting (1 = none).
         outside_weight: weight of the BCE towards 0 outside the GT box (needs ``mask_context > 0`` on the model).
-        train_backbone: whether the box terms' gradients reach the backbone (default: no, the mask head only).
-            Boxes are weak, noisy mask supervision; through the shared features they cost detection and the
-            voxel-mask instances accuracy, and made boxes-only training unstable (Table 1, CPU quick schedule,
-            3 paired seeds: 20% masks + box loss Seg F1 0.890 -> 0.898 against 0.905 for 20% masks alone;
-            boxes only 0.647 ± 0.32 -> 0.819 ± 0.05).
+        train_backbone: whether the box terms' gradients reach the backbone (BoxInst: yes) or the mask head only.
+            Boxes are weak mask supervision; where voxel masks lead, through the shared features they cost
+            detection and the voxel-mask instances accuracy (``train.json`` plans this, see
+            ``weakseg_monai.planning.planner.plan_box_terms_train_backbone``).
     """
 
     def __init__(
@@ -170,7 +169,7 @@ class BoxSupervisedMaskLoss(nn.Module):
         projection_dims: int = 2,
         projection_smoothing: int = 3,
         outside_weight: float = 1.0,
-        train_backbone: bool = False,
+        train_backbone: bool = True,
     ) -> None:
         super().__init__()
         self.train_backbone = bool(train_backbone)
