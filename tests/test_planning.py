@@ -169,6 +169,8 @@ def test_box_terms_are_planned_on_only_when_masks_are_too_few_to_teach_the_head(
     # --mask_fraction decides over the datalist's own flags (the run keeps that share of the masks)
     assert plan_box_mask_loss_weight(partial, mask_fraction=0.0) == 1.0
     assert plan_box_mask_loss_weight(boxes_only, mask_fraction=0.2) == 0.0
+    # forced on while voxel masks lead, the frames grow less (0.25 alone costs Seg F1 with 20% masks)
+    assert plan_mask_context(1.0, box_terms_lead=False) == 0.1 and plan_mask_context(0.0, box_terms_lead=False) == 0
 
 
 def test_box_terms_reach_the_backbone_only_where_they_lead():
@@ -189,5 +191,7 @@ def test_box_terms_reach_the_backbone_only_where_they_lead():
     parser.read_config(str(BUNDLE_DIR / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE_DIR), "box_terms_train_backbone": "false", "box_mask_loss_weight": 1.0})
     assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is False
+    assert parser.get_parsed_content("mask_context") == 0.1
     parser.update({"box_terms_train_backbone": True})
     assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is True
+    assert parser.get_parsed_content("mask_context") == 0.25
