@@ -24,7 +24,7 @@ run resumes and runs can be spread over processes (``--only`` / ``--seeds``); ``
 table from the cache. Prints the table and writes it, with the command, machine and date, to the ``table1``
 section of ``bundle/docs/results.md``. Numbers come from the runs, never typed in.
 
-    python scripts/reproduce_table1.py --quick             # CPU: ~2 min per run on 2 cores, 10 rows x 3 seeds
+    python scripts/reproduce_table1.py --quick             # CPU: ~2 min per run on 2 cores, 11 rows x 3 seeds
     python scripts/reproduce_table1.py --quick --seeds 0   # one seed, ~15 min
     python scripts/reproduce_table1.py                     # longer schedule and 100 test stacks (GPU advised)
 """

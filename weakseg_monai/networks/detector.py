@@ -329,11 +329,10 @@ class WeakInstanceSegNet(nn.Module):
         if head_only is None or not head_only.any():
             return self.mask_head(out["fine"], out["coarse"], rois)
         shared, alone = torch.nonzero(~head_only).squeeze(1), torch.nonzero(head_only).squeeze(1)
-        logits = [self.mask_head(out["fine"].detach(), out["coarse"].detach(), rois[alone])]
+        logits = self.mask_head(out["fine"].detach(), out["coarse"].detach(), rois[alone])
         if shared.numel():
-            logits.insert(0, self.mask_head(out["fine"], out["coarse"], rois[shared]))
-        order = torch.cat([shared, alone])
-        return torch.cat(logits)[torch.argsort(order)]
+            logits = torch.cat([self.mask_head(out["fine"], out["coarse"], rois[shared]), logits])
+        return logits[torch.argsort(torch.cat([shared, alone]))]
 
     @property
     def box_terms_active(self) -> bool:

@@ -120,14 +120,17 @@ def plan_box_mask_loss_weight(fingerprint: DatasetFingerprint, mask_fraction: fl
     train the backbone), so there the paper's rule stays. ``mask_fraction``: the
     share the run keeps (``--mask_fraction``); None = the datalist's own ``mask_annotated``.
     """
-    return 1.0 if masked_share(fingerprint, mask_fraction) < BOX_TERMS_BELOW_MASKED_SHARE else 0.0
+    return 1.0 if box_terms_lead(fingerprint, mask_fraction) else 0.0
 
 
-def masked_share(fingerprint: DatasetFingerprint, mask_fraction: float | None = None) -> float:
-    """The share of training boxes with a voxel mask: ``mask_fraction`` when the run sets one, else the datalist's."""
+def box_terms_lead(fingerprint: DatasetFingerprint, mask_fraction: float | None = None) -> bool:
+    """Whether fewer than 5% of the training boxes have a voxel mask (``mask_fraction`` when the run sets one, else
+    the datalist's share), so the box terms are the mask head's main teacher."""
     if mask_fraction is None:
-        return fingerprint.n_masked / max(fingerprint.n_objects, 1)
-    return float(mask_fraction)
+        share = fingerprint.n_masked / max(fingerprint.n_objects, 1)
+    else:
+        share = float(mask_fraction)
+    return share < BOX_TERMS_BELOW_MASKED_SHARE
 
 
 def plan_box_terms_train_backbone(fingerprint: DatasetFingerprint, mask_fraction: float | None = None) -> bool:
@@ -139,7 +142,7 @@ def plan_box_terms_train_backbone(fingerprint: DatasetFingerprint, mask_fraction
     (0.903). From boxes alone, keeping them off the backbone steadied the quick schedule on the HL60-like data
     but collapsed one generalisation dataset (small-dense Seg F1 0.78 -> 0.11), so there they stay on it.
     """
-    return masked_share(fingerprint, mask_fraction) < BOX_TERMS_BELOW_MASKED_SHARE
+    return box_terms_lead(fingerprint, mask_fraction)
 
 
 def plan_mask_context(box_mask_loss_weight: float, box_terms_lead: bool = True) -> float:
@@ -212,6 +215,7 @@ class TrainingPlanner:
         patch = self.patch_size(spacing)
         iterations = self.iterations()
         box_weight = self.box_mask_loss_weight(mask_fraction)
+        train_backbone = self.box_terms_train_backbone(mask_fraction)
         return {
             "working_spacing": spacing,
             "patch_size": patch,
@@ -221,8 +225,8 @@ class TrainingPlanner:
             "val_interval": self.val_interval(iterations),
             "nms_thresh": self.nms_thresh(),
             "box_mask_loss_weight": box_weight,
-            "mask_context": self.mask_context(box_weight, self.box_terms_train_backbone(mask_fraction)),
-            "box_terms_train_backbone": self.box_terms_train_backbone(mask_fraction),
+            "mask_context": self.mask_context(box_weight, train_backbone),
+            "box_terms_train_backbone": train_backbone,
         }
 
     def report(self, used: Mapping[str, object]) -> dict:
