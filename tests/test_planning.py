@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from weakseg_monai.data.datalist import load_validation_items, write_datalist
+from weakseg_monai.data.synthetic import SUITE, write_synthetic_dataset
 from weakseg_monai.inference import WeakSegPredictor
 from weakseg_monai.networks import WeakInstanceSegNet
 from weakseg_monai.planning import DatasetFingerprint, TrainingPlanner, dataset_fingerprint
 from weakseg_monai.planning.planner import (
+    MIN_CORE_CONTRAST,
     SIZE_DIVISOR,
     TARGET_OBJECT_VOXELS,
     plan_iterations,
@@ -195,3 +197,17 @@ def test_box_terms_reach_the_backbone_only_where_they_lead():
     parser.update({"box_terms_train_backbone": True})
     assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is True
     assert parser.get_parsed_content("mask_context") == 0.25
+
+
+@pytest.mark.parametrize("name, flagged", [("membrane", True), ("hl60", False)])
+def test_a_membrane_stain_is_flagged_at_planning_and_nuclei_are_not(tmp_path, caplog, name, flagged):
+    spec = SUITE[name]
+    shape = (96, 96, 32) if name == "membrane" else spec.shape  # a smaller field of view keeps the test fast
+    write_synthetic_dataset(tmp_path / "data", 1, 0, 0, 0.2, 0, shape, spec.spacing, model=spec.model)
+    planner = TrainingPlanner(tmp_path / "data")
+    contrast = planner.fingerprint.object_core_contrast
+    assert (contrast < MIN_CORE_CONTRAST) == flagged, contrast
+    with caplog.at_level("WARNING"):
+        report = json.loads(planner.save(tmp_path / "run", planner.planned()).read_text())
+    assert bool(report["warnings"]) == flagged and ("membrane stain" in caplog.text) == flagged
+    assert report["fingerprint"]["object_core_contrast"] == contrast

@@ -90,6 +90,8 @@ def plan(dataset_dir: str, out: str = "") -> None:
     planner = TrainingPlanner(dataset_dir)
     report = planner.report(planner.planned())
     print(f"training plan for {dataset_dir}\n{format_plan(report)}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
     print("override any planned value on the training command line, e.g. --working_spacing \"[0.3,0.3,0.6]\"")
     if out:
         Path(out).write_text(json.dumps(report, indent=2) + "\n")
