@@ -111,8 +111,9 @@ def uncovered(points: np.ndarray, boxes: np.ndarray, margin: float = 0.15) -> np
     return keep
 
 
-def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -> tuple[dict, np.ndarray]:
-    """Det / Seg F1 of every row on one test item, and ``(n, 2)`` (is_sliver, found) per ground-truth cell."""
+def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Det / Seg F1 of every row on one test item, ``(n, 2)`` (is_sliver, found) per ground-truth cell and
+    ``(k,)`` whether each detected box matches a cell (IoU > 0.4)."""
     network = predictor.network
     spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")), dtype=np.float64)
     image = torch.as_tensor(read_volume(item["image"]), dtype=torch.float32)[None]
@@ -148,8 +149,9 @@ def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -
     found_boxes = boxes / np.tile(np.asarray(grid["zoom"]), 2)
     iou = box_iou(torch.as_tensor(gt_boxes).float(), torch.as_tensor(found_boxes).float()).numpy()
     found = iou.max(axis=1) > 0.4 if iou.shape[1] else np.zeros(len(gt_boxes), bool)
+    correct = iou.max(axis=0) > 0.4 if iou.shape[0] else np.zeros(len(found_boxes), bool)
     sliver = ((gt_boxes[:, 3:] - gt_boxes[:, :3]) * spacing).min(axis=1) < sliver_um
-    return scores, np.stack([sliver, found], axis=1)
+    return scores, np.stack([sliver, found], axis=1), correct
 
 
 def write_wide(out: Path, shape: tuple[int, int, int], seed: int) -> None:
@@ -179,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     network = WeakInstanceSegNet()
     network.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
     predictor = WeakSegPredictor(network.eval())
-    rows, cells = {name: [] for name in ROWS}, []
+    rows, cells, correct = {name: [] for name in ROWS}, [], []
     for item in load_section(args.dataset, "test"):
-        scores, found = evaluate_volume(predictor, item, args.sliver_um)
+        scores, found, hits = evaluate_volume(predictor, item, args.sliver_um)
+        correct.append(hits)
         for name in ROWS:
             rows[name].append((scores[name]["det_f1"], scores[name]["seg_f1"]))
         cells.append(found)
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     recall = [cells[mask, 1].mean() if mask.any() else float("nan") for mask in (sliver, ~sliver)]
     print(
         f"\ndetector box recall (IoU > 0.4): {recall[0]:.2f} of {sliver.sum()} slivers (< {args.sliver_um} µm thick), "
-        f"{recall[1]:.2f} of {(~sliver).sum()} other cells"
+        f"{recall[1]:.2f} of {(~sliver).sum()} other cells; precision {np.concatenate(correct).mean():.2f}"
     )
 
 
