@@ -266,7 +266,7 @@ def data_warnings(fingerprint: DatasetFingerprint) -> list[str]:
         return [
             f"the boxed objects are barely brighter inside than the volume at large (core contrast {contrast:.2f}; "
             f"filled nuclei measure >= 0.28): this looks like a cell-wall / membrane stain with dark interiors, "
-            f"which this detector does not learn well (Det F1 0.16 on the generalisation suite's membrane case; "
+            f"which this detector does not learn well (Det F1 0.14 on the generalisation suite's membrane case; "
             f"the model card's Limitations say why). Check the channel: the model is built for nuclear stains"
         ]
     return []
