@@ -458,6 +458,15 @@ def ensure_synthetic_dataset(out: str | Path, **kwargs) -> Path:
     return write_synthetic_dataset(out, **kwargs)
 
 
+def ensure_embedded_dataset(dataset_dir: str | Path, embedded_dir: str | Path, generate: bool = True) -> Path | None:
+    """The training configs' first data step: when ``dataset_dir`` is the bundle's embedded default
+    (``embedded_dir``), write the synthetic dataset there unless it exists; a user's own dataset is left alone.
+    ``generate=False`` (the non-zero ranks of a multi-GPU run) does nothing."""
+    if not generate or Path(dataset_dir).resolve() != Path(embedded_dir).resolve():
+        return None
+    return ensure_synthetic_dataset(dataset_dir)
+
+
 @dataclass(frozen=True)
 class SuiteSpec:
     """One dataset of the generalisation suite: generator model, voxel size (x, y, z) µm, stack shape, counts."""

@@ -2,7 +2,7 @@
 ``SupervisedEvaluator`` with ``weakseg_monai.inference.WeakSegInferer``) and handlers for training and evaluating
 ``WeakInstanceSegNet``."""
 
-from weakseg_monai.engines.checkpoints import AtomicCheckpointSaver, latest_checkpoint
+from weakseg_monai.engines.checkpoints import AtomicCheckpointSaver, checkpoint_to_resume, latest_checkpoint
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
 from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
@@ -14,6 +14,7 @@ __all__ = [
     "TrainingProgress",
     "InstanceMetricsWriter",
     "WeakSegTrainer",
+    "checkpoint_to_resume",
     "latest_checkpoint",
     "prepare_detection_batch",
 ]

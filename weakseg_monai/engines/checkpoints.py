@@ -98,6 +98,12 @@ def latest_checkpoint(ckpt_dir: str, run: Mapping | None = None) -> str:
     raise FileNotFoundError(f"--resume: no readable checkpoint_epoch=*.pt in {ckpt_dir}")
 
 
+def checkpoint_to_resume(ckpt_dir: str, resume: bool, run: Mapping | None = None) -> str:
+    """``CheckpointLoader``'s ``load_path`` in the training configs: ``latest_checkpoint(ckpt_dir, run)`` when
+    resuming, else "" (nothing to load)."""
+    return latest_checkpoint(ckpt_dir, run) if resume else ""
+
+
 def _jsonable(value: object) -> object:
     """Lists/tuples/tensors compared as nested lists of floats (a JSON round trip may change the type)."""
     if isinstance(value, Mapping):
