@@ -1,118 +1,107 @@
-"""The bundle as the model zoo ships it: exported alone (``export-bundle``), our wheel installed into a fresh
-virtual environment beside the registry packages, and run from inside its own folder with zoo-style relative
-paths: inference, one short training (which updates its ``models/model.pt``) and evaluation."""
+"""The bundle as the model zoo ships it: exported alone (``export-bundle``, carrying its code), its metadata listing
+every package that code needs, its model card standing alone, and the zoo's premerge run on a fresh virtual
+environment (``scripts/zoo_premerge.py``: no wheel of ours, nothing but what metadata lists)."""
 
 from __future__ import annotations
 
-import hashlib
+import ast
+import importlib.util
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
-import venv
-from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
-from weakseg_monai.data.synthetic import write_synthetic_dataset
-from weakseg_monai.utils.zoo import export_bundle
+from weakseg_monai.utils.zoo import export_bundle, zoo_requirements
 
 from .conftest import BUNDLE_DIR, REPO_ROOT
 
 NAME = "weakseg_nuclei_3d"
-SOURCE = ("pyproject.toml", "README.md", "LICENSE", "weakseg_monai")
+METADATA = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
+CARD = BUNDLE_DIR / "docs" / "README.md"
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {"skimage": "scikit-image", "ignite": "pytorch-ignite", "yaml": "pyyaml"}
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+def _premerge_module():
+    spec = importlib.util.spec_from_file_location("zoo_premerge", REPO_ROOT / "scripts" / "zoo_premerge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _tail(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout[-2000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def zoo_python(tmp_path_factory) -> Path:
-    """A fresh venv (``--system-site-packages``: torch, MONAI & co. are reused, nothing is downloaded) holding
-    only our wheel, built from a copy of the sources (the checkout gets no build/ or egg-info)."""
-    work = tmp_path_factory.mktemp("wheel")
-    source = work / "src"
-    for entry in SOURCE:
-        path = REPO_ROOT / entry
-        if path.is_dir():
-            shutil.copytree(path, source / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (source / entry).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, source / entry)
-    # with setuptools at hand, build without isolation (an isolated build downloads setuptools)
-    isolation = ["--no-build-isolation"] if _has("setuptools") else []
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, ".", "-w", str(work)], source)
-    wheels = sorted(work.glob("weakseg_monai-*.whl"))
-    if built.returncode != 0 or not wheels:
-        pytest.skip(f"cannot build the project's wheel here (pip wheel failed): {_tail(built)[-500:]}")
-    env_dir = work / "venv"
-    try:
-        venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
-    except (OSError, subprocess.CalledProcessError) as err:
-        pytest.skip(f"cannot create a virtual environment with pip here: {err}")
-    python = env_dir / "bin" / "python"
-    installed = _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheels[0])], work)
-    if installed.returncode != 0:
-        pytest.skip(f"cannot install the wheel into a fresh virtual environment: {_tail(installed)[-500:]}")
-    where = _run([str(python), "-c", "import weakseg_monai; print(weakseg_monai.__file__)"], work)
-    assert where.returncode == 0 and str(env_dir) in where.stdout, "the venv must import the wheel, not the checkout"
-    return python
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-@pytest.mark.slow
-def test_the_exported_bundle_runs_alone_from_inside_its_folder(zoo_python, tmp_path):
-    bundle = export_bundle(tmp_path / "zoo", BUNDLE_DIR)
-    assert bundle.name == NAME and not (bundle / "runs").exists()
-    data = tmp_path / "data"
-    write_synthetic_dataset(data, n_train=1, n_val=1, n_test=1, shape=(48, 48, 16), n_cells=(3, 5), seed=3)
-    bundle_run = [str(zoo_python), "-m", "monai.bundle", "run"]
-
-    inference = _run([*bundle_run, "inference", "--config_file", "configs/inference.json"], bundle)
-    assert inference.returncode == 0, _tail(inference)
-    labels = bundle / "runs" / "inference" / "sample_000_instances.nii.gz"
-    assert labels.is_file(), "inference writes under the bundle's own runs/ folder"
-
-    shipped = hashlib.md5((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    training = _run(
-        [*bundle_run, "training", "--config_file", "configs/train.json", "--dataset_dir", str(data),
-         "--iterations", "2", "--val_interval", "2", "--patch_size", "[48,48,16]"],
-        bundle,
-    )
-    assert training.returncode == 0, _tail(training)
-    trained = hashlib.md5((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    assert trained != shipped, "fine-tuning the bundle updates its models/model.pt (zoo ckpt_dir)"
-
-    evaluation = _run(
-        [*bundle_run, "evaluating", "--config_file", "['configs/train.json','configs/evaluate.json']",
-         "--dataset_dir", str(data)],
-        bundle,
-    )
-    assert evaluation.returncode == 0, _tail(evaluation)
-    metrics = json.loads((bundle / "runs" / "evaluate" / "metrics.json").read_text())
-    assert [row["id"] for row in metrics["items"]] == ["test_000"]
-
-
-def test_export_refuses_to_overwrite_and_names_the_folder_after_the_bundle(tmp_path):
+def test_export_carries_the_code_and_the_zoo_unit_test_and_refuses_to_overwrite(tmp_path):
     target = export_bundle(tmp_path, BUNDLE_DIR)
     assert target == tmp_path / NAME
     assert (target / "models" / "model.pt").read_bytes() == (BUNDLE_DIR / "models" / "model.pt").read_bytes()
-    assert sorted(p.name for p in (target / "models").iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in (target / "models").iterdir()) == ["model.pt", "model.ts"]
+    assert (target / "weakseg_monai" / "__init__.py").is_file(), "the bundle carries the code its configs import"
+    assert not list((target / "weakseg_monai").rglob("__pycache__"))
+    assert (tmp_path / "ci" / "unit_tests" / f"test_{NAME}.py").is_file(), "the zoo-style unit test, zoo tree"
+    assert not (target / "runs").exists() and not (target / "data").exists()
     with pytest.raises(FileExistsError):
         export_bundle(tmp_path, BUNDLE_DIR)
-    required = json.loads((target / "configs" / "metadata.json").read_text())["required_packages_version"]
-    assert required["weakseg-monai"] == version("weakseg-monai"), "metadata declares the package the configs import"
+
+
+def _third_party_imports() -> set[str]:
+    names = set()
+    for path in (REPO_ROOT / "weakseg_monai").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("weakseg_monai", "__future__")}
+
+
+def test_metadata_lists_every_package_the_carried_code_imports_and_no_package_of_ours():
+    pinned = {line.split("==")[0].lower() for line in zoo_requirements(METADATA)}
+    missing = {DISTRIBUTIONS.get(n, n) for n in _third_party_imports()} - pinned
+    assert not missing, f"metadata.json must list {sorted(missing)} (the zoo installs only what it lists)"
+    assert not any(name.startswith("weakseg") for name in pinned), "our package is carried, not installed"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", line) for line in zoo_requirements(METADATA))
+
+
+def test_the_cards_quick_start_installs_exactly_what_metadata_lists():
+    lines = _premerge_module().card_blocks(CARD)
+    installs = [line for line in lines if line.startswith("pip install")]
+    assert installs and installs[0] == "pip install torch==2.13.0", "torch first (the CPU wheel), then the rest"
+    pins = {word for line in installs[1:] for word in line.split()[2:]}
+    assert pins == set(zoo_requirements(METADATA)), "the card's install line and metadata.json disagree"
+    runs = " ".join(lines)
+    for job in ("run inference", "run training", "run evaluating"):
+        assert job in runs, f"the card's Quick start runs `{job}` from the bundle folder"
+
+
+def test_the_model_card_stands_alone():
+    text = CARD.read_text()
+    for heading in ("## Quick start", "## Input", "## Output", "## Data format", "## Training configuration",
+                    "## Training on your own data", "## Intended use", "## Citation"):
+        assert heading in text, f"the card needs a '{heading}' section"
+    assert "doi:10.1007/978-3-030-00937-3_41" in text and "LNCS 11073" in text
+    assert "not for clinical" in text.lower() or "not for diagnosis" in text.lower()
+    for link in re.findall(r"\]\(([^)#]+)\)", text):
+        if not link.startswith(("http://", "https://")):
+            assert (CARD.parent / link).resolve().is_relative_to(BUNDLE_DIR.resolve()), f"{link}: outside the bundle"
+            assert (CARD.parent / link).exists(), f"{link}: missing"
+    for outside in ("bundle/configs", "bundle/models", "pip wheel", "top-level README"):
+        assert outside not in text, f"the card points at the repository ('{outside}'); a zoo user has the bundle only"
+
+
+@pytest.mark.slow
+def test_the_zoo_premerge_passes_on_a_fresh_virtual_environment(tmp_path):
+    """``scripts/zoo_premerge.py``: fresh venv, torch first, metadata's requirements, no wheel of ours; verify checks;
+    the card's Quick start verbatim; inference from outside the folder; the zoo-style unit test."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "zoo_premerge.py"), "--work", str(tmp_path / "premerge")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
+    print(result.stdout[-4000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "zoo premerge passed" in result.stdout
