@@ -117,6 +117,8 @@ def test_main_job_inference_on_the_shipped_sample(tmp_path):
     sample = BUNDLE_DIR / "sample" / "sample_000.nii.gz"
     labels_path = tmp_path / "sample_000_instances.nii.gz"
     assert nib.load(str(labels_path)).shape == nib.load(str(sample)).shape
+    declared = json.loads((CONFIGS / "metadata.json").read_text())["network_data_format"]["post_processed_outputs"]
+    assert str(nib.load(str(labels_path)).get_data_dtype()) == declared["instances"]["dtype"], "metadata: as written"
     np.testing.assert_allclose(nib.load(str(labels_path)).affine, nib.load(str(sample)).affine)
     boxes = json.loads((tmp_path / "sample_000_boxes.json").read_text())
     assert len(boxes["boxes"]) == len(boxes["scores"]) == int(read_volume(labels_path).max())
@@ -225,15 +227,27 @@ def test_ckpt_export_scripts_the_dense_network(tmp_path):
         assert list(value.shape[2:]) == [eval(e, {}, sizes) for e in spec["spatial_shape"]], key
 
 
-def test_large_files_lists_the_shipped_model_with_its_hash():
-    import hashlib
+def test_the_shipped_model_pt_holds_every_entry_of_the_models_state_dict():
+    shipped = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    expected = WeakInstanceSegNet().state_dict()
+    assert sorted(shipped) == sorted(expected), "re-save model.pt with every parameter and buffer"
+    assert all(shipped[k].shape == v.shape for k, v in expected.items())
 
-    import yaml
 
-    entries = yaml.safe_load((BUNDLE_DIR / "large_files.yml").read_text())["large_files"]
-    model = next(e for e in entries if e["path"] == "models/model.pt")
-    assert model["hash_type"] == "md5" and model["url"].startswith("https://")
-    assert hashlib.md5(SHIPPED.read_bytes()).hexdigest() == model["hash_val"], "model.pt changed: update its hash"
+def test_the_bundle_ships_its_model_files_itself_and_the_torchscript_matches_the_weights():
+    """No download step (no large_files.yml, no placeholder URL): model.pt and the TorchScript export of its dense
+    network (``models/model.ts``, made by ``ckpt_export --net_id export_network_def``) ship in the bundle."""
+    from weakseg_monai.utils.zoo import ZOO_MAX_FILE_BYTES
+
+    assert not list(BUNDLE_DIR.glob("large_files.*"))
+    scripted_path = BUNDLE_DIR / "models" / "model.ts"
+    for path in (SHIPPED, scripted_path):
+        assert path.stat().st_size < ZOO_MAX_FILE_BYTES
+    scripted = torch.jit.load(str(scripted_path))
+    x = torch.rand(1, 1, 32, 32, 16)
+    eager = shipped_model().network(x)
+    for value, key in zip(scripted(x), ("cls_logits", "box_regression", "fine", "coarse"), strict=True):
+        assert torch.allclose(value, eager[key], atol=1e-5), f"models/model.ts is stale ({key}): re-export it"
 
 
 @pytest.mark.slow
