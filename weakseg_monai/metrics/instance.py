@@ -16,6 +16,8 @@ from ignite.metrics import Metric
 from monai.data.box_utils import box_iou
 from scipy.optimize import linear_sum_assignment
 
+from weakseg_monai.utils.boxes import touches_face
+
 
 def match_one_to_one(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (gt, pred) maximising total IoU among pairs with IoU > ``threshold``; ``iou`` is ``(G, P)``."""
@@ -34,13 +36,38 @@ def _scores(tp: int, n_gt: int, n_pred: int) -> dict[str, float]:
     return {"f1": f1, "precision": precision, "recall": recall, "tp": tp, "fp": fp, "fn": fn}
 
 
+def _matched_boxes(gt_boxes, pred_boxes, iou_threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(G, 6)`` ground-truth boxes, the indices of those matched one-to-one at 3D IoU > ``iou_threshold``, and
+    the number of predicted boxes."""
+    gt = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 6)
+    pred = np.asarray(pred_boxes, dtype=np.float32).reshape(-1, 6)
+    iou = box_iou(torch.as_tensor(gt), torch.as_tensor(pred)).numpy() if len(gt) and len(pred) else np.zeros(
+        (len(gt), len(pred))
+    )
+    rows, _ = match_one_to_one(iou, iou_threshold)
+    return gt, rows, len(pred)
+
+
 def detection_f1(gt_boxes, pred_boxes, iou_threshold: float = 0.4) -> dict[str, float]:
     """Detection F1 of ``(G, 6)`` vs ``(P, 6)`` StandardMode boxes at 3D IoU > ``iou_threshold``."""
-    gt = torch.as_tensor(np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 6))
-    pred = torch.as_tensor(np.asarray(pred_boxes, dtype=np.float32).reshape(-1, 6))
-    iou = box_iou(gt, pred).numpy() if len(gt) and len(pred) else np.zeros((len(gt), len(pred)))
-    rows, _ = match_one_to_one(iou, iou_threshold)
-    return _scores(len(rows), len(gt), len(pred))
+    gt, rows, n_pred = _matched_boxes(gt_boxes, pred_boxes, iou_threshold)
+    return _scores(len(rows), len(gt), n_pred)
+
+
+def detection_recall_by_face(gt_boxes, pred_boxes, spatial_shape, iou_threshold: float = 0.4) -> dict[str, int]:
+    """Detection hits split by where the ground-truth object lies: ``tp_face_cut`` of ``n_face_cut`` objects with a
+    voxel on a face of the volume (``weakseg_monai.utils.boxes.touches_face``), ``tp_whole`` of ``n_whole`` others
+    (the one-to-one matching of ``detection_f1``)."""
+    gt, rows, _ = _matched_boxes(gt_boxes, pred_boxes, iou_threshold)
+    cut = touches_face(gt, spatial_shape)
+    hit = np.zeros(len(gt), dtype=bool)
+    hit[rows] = True
+    return {
+        "tp_face_cut": int((hit & cut).sum()),
+        "n_face_cut": int(cut.sum()),
+        "tp_whole": int((hit & ~cut).sum()),
+        "n_whole": int((~cut).sum()),
+    }
 
 
 def _dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

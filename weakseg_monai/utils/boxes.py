@@ -1,7 +1,11 @@
-"""Box helpers MONAI's ``box_utils`` lacks (it clips, converts and matches boxes but does not grow them)."""
+"""Box helpers MONAI's ``box_utils`` lacks (it clips, converts and matches boxes but does not grow them, nor says
+which boxes a volume's faces cut)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,3 +19,10 @@ def expand_boxes(boxes: Tensor, context: float) -> Tensor:
         return boxes
     margin = (boxes[:, 3:] - boxes[:, :3]) * context
     return torch.cat([boxes[:, :3] - margin, boxes[:, 3:] + margin], dim=1)
+
+
+def touches_face(boxes: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
+    """``(G,)`` bool: which ``(G, 6)`` half-open voxel boxes have a voxel on a face of a volume of ``spatial_shape``
+    (x, y, z). Such *face-cut* objects are the rule in cropped stacks: only their visible part is annotated."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    return (b[:, :3] <= 0).any(axis=1) | (b[:, 3:] >= np.asarray(spatial_shape, dtype=np.float64)).any(axis=1)
