@@ -14,7 +14,7 @@ Steps (each timed; the first failure stops the run with the step's name and the 
    --python-version 3.10 --no-deps`` (the zoo's runner used 3.10; no 3.10 interpreter is needed);
 5. from inside the bundle folder, the model card's "Quick start" code blocks verbatim (install, inference, a short
    training that must update ``models/model.pt``, evaluation);
-6. inference from outside the folder with ``--bundle_root``;
+6. inference, a short training and evaluation from outside the folder with ``--bundle_root``;
 7. the zoo-style unit test (train, evaluate, infer through ``ConfigWorkflow``) with the fresh interpreter.
 
 Usage: ``python scripts/zoo_premerge.py [--work DIR] [--keep] [--skip-py310]``. Needs the package index (as the zoo's
@@ -192,15 +192,22 @@ def step_card(bundle: Path, env: dict) -> None:
 
 
 def step_outside(work: Path, bundle: Path, env: dict) -> None:
-    out = work / "outside"
-    sh(
-        ["python", "-m", "monai.bundle", "run", "inference", "--config_file", str(bundle / "configs/inference.json"),
-         "--bundle_root", str(bundle), "--output_dir", str(out)],
-        work,
-        env,
-    )
+    """inference, a short training and evaluation run from outside the folder, the configs named in full."""
+    out, configs = work / "outside", bundle / "configs"
+    run = ["python", "-m", "monai.bundle", "run"]
+    common = ["--bundle_root", str(bundle)]
+    sh([*run, "inference", "--config_file", str(configs / "inference.json"), *common, "--output_dir", str(out)],
+       work, env)
     if not (out / "sample_000_instances.nii.gz").is_file():
         raise StepFailed(f"inference from outside the folder wrote nothing to {out}")
+    data = bundle / "data" / "demo"  # written by the card's Quick start
+    models = ["--dataset_dir", str(data), "--ckpt_dir", str(out / "models")]
+    sh([*run, "training", "--config_file", str(configs / "train.json"), *common, *models, "--output_dir",
+        str(out / "train"), "--iterations", "2", "--val_interval", "2"], work, env)
+    both = f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
+    sh([*run, "evaluating", "--config_file", both, *common, *models, "--output_dir", str(out / "evaluate")], work, env)
+    if not (out / "evaluate" / "metrics.json").is_file():
+        raise StepFailed("evaluation from outside the folder wrote no metrics.json")
 
 
 def step_unit_test(work: Path, bundle: Path, env: dict) -> None:
@@ -225,7 +232,7 @@ def main() -> int:
         ("zoo verify_bundle (min), verify_metadata, properties", lambda: step_verify(bundle, env)),
         ("pins resolve for Python 3.10", None if args.skip_py310 else lambda: step_py310(work, bundle, env)),
         ("the card's Quick start, verbatim, inside the folder", lambda: step_card(bundle, env)),
-        ("inference from outside with --bundle_root", lambda: step_outside(work, bundle, env)),
+        ("inference, training, evaluation from outside with --bundle_root", lambda: step_outside(work, bundle, env)),
         ("the zoo-style unit test", lambda: step_unit_test(work, bundle, env)),
     ]
     try:
