@@ -32,7 +32,7 @@ COUNT_RANGE = {
 @pytest.fixture(scope="module")
 def stacks() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The first training volume of every preset (seed [0, 0, 0], as ``write_suite_dataset`` draws it)."""
-    return {name: generate_stack([0, 0, 0], spec.shape, spec.spacing, spec.model) for name, spec in SUITE.items()}
+    return {n: generate_stack([0, 0, 0], spec.shape, spec.spacing, spec.model) for n, spec in WHOLE_STACKS.items()}
 
 
 def test_default_stack_is_bit_identical():
@@ -42,8 +42,11 @@ def test_default_stack_is_bit_identical():
     )
 
 
+WHOLE_STACKS = {name: spec for name, spec in SUITE.items() if spec.crops is None}
+
+
 def test_registry_covers_the_suite():
-    assert set(SUITE) == set(COUNT_RANGE)
+    assert set(WHOLE_STACKS) == set(COUNT_RANGE) and set(SUITE) - set(WHOLE_STACKS) == {"face-cut"}
     for name, spec in SUITE.items():
         assert spec.name == name and spec.n_test == 3 and spec.description
         assert np.prod(spec.shape) <= 2_100_000
@@ -108,3 +111,29 @@ def test_written_suite_dataset(tmp_path):
     np.testing.assert_array_equal(read_volume(out / item["gt_instances"]), labels)
     with pytest.raises(KeyError, match="unknown suite dataset"):
         write_suite_dataset("nope", tmp_path / "x")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_face_cut_preset_is_mostly_cut_objects_kept_down_to_three_voxels(tmp_path, seed):
+    """Most test objects touch a face (>= 70%), many are cut to <= 9 voxels along a cut axis (>= 25%), every object
+    of >= 3 voxels per axis is kept and none thinner; spacing and crop sizes are drawn per seed and volume."""
+    from weakseg_monai.data.datalist import load_section
+    from weakseg_monai.utils.boxes import touches_face
+
+    write_suite_dataset("face-cut", tmp_path, seed=seed)
+    assert validate_dataset(tmp_path).ok
+    items = load_section(tmp_path, "test")
+    touching, thin, total, shapes = 0, 0, 0, set()
+    for item in items:
+        boxes = np.asarray(item["box"]).reshape(-1, 6)
+        shape = read_volume(item["image"]).shape
+        shapes.add(shape)
+        extent = boxes[:, 3:] - boxes[:, :3]
+        assert (extent >= 3).all(), "no minimum-extent filter beyond 3 voxels per axis"
+        on_face = [(boxes[:, a] <= 0) | (boxes[:, 3 + a] >= shape[a]) for a in range(3)]
+        touching += int(touches_face(boxes, shape).sum())
+        thin += int(np.logical_or.reduce([on_face[a] & (extent[:, a] <= 9) for a in range(3)]).sum())
+        total += len(boxes)
+    assert touching >= 0.7 * total and thin >= 0.25 * total, (touching, thin, total)
+    assert len(shapes) == len(items), "every volume its own crop size"
+    assert len(load_section(tmp_path, "training")) == 1

@@ -57,6 +57,7 @@ class NucleusModel:
     dtype: str = "uint16"  # stored image dtype: "uint16" (camera counts) or "uint8" (percentile-rescaled)
     stain: str = "nucleus"  # "nucleus" (filled nuclei) or "membrane" (cell walls of a packed tissue)
     wall_um: float = 0.3  # membrane stain: wall thickness (FWHM before the PSF)
+    min_voxels: int = 8  # objects (or their visible pieces) with fewer voxels are dropped
 
 
 @dataclass
@@ -215,15 +216,13 @@ def _coarse_field(rng: np.random.Generator, shape: tuple[int, int, int], cells: 
     return ndimage.zoom(small, np.asarray(shape) / np.asarray(small.shape), order=1, mode="nearest", grid_mode=True)
 
 
-def _keep_visible(
-    labels: np.ndarray, ideal: np.ndarray, model: NucleusModel, floor: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
+def _keep_visible(labels: np.ndarray, ideal: np.ndarray, model: NucleusModel) -> tuple[np.ndarray, np.ndarray]:
     """Which of ``len(ideal)`` objects to keep: enough of the object in view, and a box no thinner than allowed.
 
     Returns the keep flags and the old-id -> new consecutive-id table (0 stays 0).
     """
     counts = np.bincount(labels.ravel(), minlength=len(ideal) + 1)[1:]
-    keep = counts >= np.maximum(model.min_visible_fraction * ideal, floor)
+    keep = counts >= np.maximum(model.min_visible_fraction * ideal, model.min_voxels)
     if model.min_extent_vox is not None:
         extents = np.zeros((len(ideal), 3), dtype=int)
         for k, sl in enumerate(ndimage.find_objects(labels, max_label=len(ideal))):
@@ -388,6 +387,33 @@ def generate_stack(
     return _camera(rng, signal, labels > 0, model), labels
 
 
+def generate_crop(
+    seed: int | list[int],
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    model: NucleusModel,
+    min_extent_vox: tuple[int, int, int] = (3, 3, 3),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A crop of a larger stack, as users annotate them: ``shape`` voxels cut out of the middle of a stack one
+    largest nucleus wider on every side, so nuclei are cut by all six faces anywhere along them (a whole stack's
+    z-placement rule keeps nuclei away from its own top and bottom). Objects thinner than ``min_extent_vox`` in
+    some axis are dropped (a sliver nobody can annotate); labels are renumbered consecutively in box order."""
+    spacing_arr = np.asarray(as_spacing(spacing))
+    margin = np.ceil(max(model.diameter_um) / spacing_arr).astype(int)
+    image, labels = generate_stack(seed, tuple(np.asarray(shape) + 2 * margin), spacing, model)
+    window = tuple(slice(int(m), int(m) + int(n)) for m, n in zip(margin, shape))
+    image, labels = image[window], labels[window]
+    keep = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is not None and all(s.stop - s.start >= e for s, e in zip(sl, min_extent_vox)):
+            keep[k] = True
+    counts = np.bincount(labels.ravel(), minlength=len(keep))
+    keep &= counts >= model.min_voxels
+    new_ids = np.zeros(len(keep), dtype=np.int32)
+    new_ids[keep] = np.arange(1, int(keep.sum()) + 1)
+    return np.ascontiguousarray(image), new_ids[labels]
+
+
 def write_synthetic_dataset(
     out: str | Path,
     n_train: int = 13,
@@ -419,33 +445,44 @@ def write_synthetic_dataset(
         for i in range(count):
             name = f"{prefix}_{i:03d}"
             image, instances = generate_stack([seed, s_index, i], shape, spacing, model)
-            boxes = boxes_from_instances(instances)
-            annotated = select_annotated(len(boxes), mask_fraction, seed, name)
-            paths = {
-                "image": f"images/{name}.{file_format}",
-                "mask": f"masks/{name}_mask.{file_format}",
-                "gt_instances": f"labels/{name}_gt.{file_format}",
-            }
-            write_volume(out / paths["image"], image, spacing)
-            write_volume(
-                out / paths["mask"], partial_mask_from_instances(instances, annotated).astype(np.uint16), spacing
-            )
-            write_volume(out / paths["gt_instances"], instances.astype(np.uint16), spacing)
-            items.append(
-                {
-                    "id": name,
-                    "image": paths["image"],
-                    "box": boxes.tolist(),
-                    "label": [0] * len(boxes),
-                    "mask": paths["mask"],
-                    "mask_annotated": annotated.tolist(),
-                    "spacing": list(as_spacing(spacing)),
-                    "gt_instances": paths["gt_instances"],
-                }
-            )
-            logger.info("%s: %d nuclei, %d with masks", name, len(boxes), int(annotated.sum()))
+            items.append(write_item(out, name, image, instances, spacing, mask_fraction, seed, file_format))
         sections[section] = items
     return write_datalist(out, sections)
+
+
+def write_item(
+    out: Path,
+    name: str,
+    image: np.ndarray,
+    instances: np.ndarray,
+    spacing: tuple[float, float, float],
+    mask_fraction: float,
+    seed: int,
+    file_format: str = "nii.gz",
+) -> dict:
+    """Write one stack (image, partial mask with a seeded, nested ``mask_fraction``, full ``gt_instances``) under
+    ``out`` and return its datalist item."""
+    boxes = boxes_from_instances(instances)
+    annotated = select_annotated(len(boxes), mask_fraction, seed, name)
+    paths = {
+        "image": f"images/{name}.{file_format}",
+        "mask": f"masks/{name}_mask.{file_format}",
+        "gt_instances": f"labels/{name}_gt.{file_format}",
+    }
+    write_volume(out / paths["image"], image, spacing)
+    write_volume(out / paths["mask"], partial_mask_from_instances(instances, annotated).astype(np.uint16), spacing)
+    write_volume(out / paths["gt_instances"], instances.astype(np.uint16), spacing)
+    logger.info("%s: %d nuclei, %d with masks", name, len(boxes), int(annotated.sum()))
+    return {
+        "id": name,
+        "image": paths["image"],
+        "box": boxes.tolist(),
+        "label": [0] * len(boxes),
+        "mask": paths["mask"],
+        "mask_annotated": annotated.tolist(),
+        "spacing": list(as_spacing(spacing)),
+        "gt_instances": paths["gt_instances"],
+    }
 
 
 def ensure_synthetic_dataset(out: str | Path, **kwargs) -> Path:
@@ -468,8 +505,30 @@ def ensure_embedded_dataset(dataset_dir: str | Path, embedded_dir: str | Path, g
 
 
 @dataclass(frozen=True)
+class CropRanges:
+    """How the face-cut preset draws its crops: one microscope per dataset seed (in-plane voxel size, z / in-plane
+    ratio), one crop size per volume (in-plane and z extent in µm); each volume is cut out of a larger stack
+    (``generate_crop``)."""
+
+    spacing_xy_um: tuple[float, float] = (0.2, 0.5)
+    z_over_xy: tuple[float, float] = (1.5, 3.0)
+    crop_xy_um: tuple[float, float] = (22.0, 34.0)
+    crop_z_um: tuple[float, float] = (14.0, 26.0)
+
+    def draw_spacing(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        xy = round(float(rng.uniform(*self.spacing_xy_um)), 3)
+        return (xy, xy, round(xy * float(rng.uniform(*self.z_over_xy)), 3))
+
+    def draw_shape(self, rng: np.random.Generator, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+        extent = (rng.uniform(*self.crop_xy_um), rng.uniform(*self.crop_xy_um), rng.uniform(*self.crop_z_um))
+        return tuple(max(8, int(round(e / s))) for e, s in zip(extent, spacing))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
 class SuiteSpec:
-    """One dataset of the generalisation suite: generator model, voxel size (x, y, z) µm, stack shape, counts."""
+    """One dataset of the generalisation suite: generator model, voxel size (x, y, z) µm, stack shape, counts;
+    ``crops``: volumes are crops of larger stacks with spacing and sizes drawn from these ranges (``spacing`` and
+    ``shape`` then only describe a typical draw)."""
 
     name: str
     model: NucleusModel
@@ -478,6 +537,7 @@ class SuiteSpec:
     n_train: int
     n_test: int
     description: str
+    crops: CropRanges | None = None
 
 
 MIN_EXTENT_VOX = (5, 5, 3)  # every object spans >= 5 voxels in x and y and >= 3 slices
@@ -578,6 +638,17 @@ SUITE: dict[str, SuiteSpec] = _suite(
         "6 µm nuclei packed to ~60% of the volume, overlapping (the lowest level wins), one training volume",
     ),
     SuiteSpec(
+        "face-cut",
+        NucleusModel(diameter_um=(6.0, 10.0), n_cells=(400, 400), volume_fraction=0.3, min_visible_fraction=0.0),
+        (0.35, 0.35, 0.8),
+        (80, 80, 25),
+        1,
+        3,
+        "crops of nuclei (6-10 µm) as users annotate them: spacing and crop size drawn per seed and volume, most "
+        "objects cut by a face, slivers of >= 3 voxels kept, one training volume",
+        crops=CropRanges(),
+    ),
+    SuiteSpec(
         "membrane",
         NucleusModel(
             stain="membrane",
@@ -606,6 +677,21 @@ def write_suite_dataset(name: str, out: str | Path, seed: int = 0, mask_fraction
     if name not in SUITE:
         raise KeyError(f"unknown suite dataset {name!r}; choose from {sorted(SUITE)}")
     spec = SUITE[name]
-    return write_synthetic_dataset(
-        out, spec.n_train, 0, spec.n_test, mask_fraction, seed, spec.shape, spec.spacing, model=spec.model
-    )
+    if spec.crops is None:
+        return write_synthetic_dataset(
+            out, spec.n_train, 0, spec.n_test, mask_fraction, seed, spec.shape, spec.spacing, model=spec.model
+        )
+    rng = np.random.default_rng([seed, 0xC207])
+    spacing = spec.crops.draw_spacing(rng)
+    sections: dict[str, list[dict]] = {}
+    parts = [("training", spec.n_train, "train"), ("test", spec.n_test, "test")]
+    for s_index, (section, count, prefix) in enumerate(parts):
+        items = []
+        for i in range(count):
+            name_i = f"{prefix}_{i:03d}"
+            shape = spec.crops.draw_shape(rng, spacing)
+            image, instances = generate_crop([seed, s_index, i], shape, spacing, spec.model)
+            items.append(write_item(Path(out), name_i, image, instances, spacing, mask_fraction, seed))
+        sections[section] = items
+    sections["validation"] = []
+    return write_datalist(out, {k: sections[k] for k in ("training", "validation", "test")})
