@@ -20,12 +20,18 @@ from weakseg_monai.utils.boxes import touches_face
 
 
 def match_one_to_one(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (gt, pred) maximising total IoU among pairs with IoU > ``threshold``; ``iou`` is ``(G, P)``."""
-    if iou.size == 0:
+    """Pairs (gt, pred) maximising total IoU among pairs with IoU > ``threshold``; ``iou`` is ``(G, P)``.
+
+    Rows and columns without a single IoU above the threshold cannot be matched and are left out of the
+    assignment (same pairs; an untrained model's thousands of stray boxes cost nothing)."""
+    above = iou > threshold
+    rows_in, cols_in = np.nonzero(above.any(axis=1))[0], np.nonzero(above.any(axis=0))[0]
+    if rows_in.size == 0 or cols_in.size == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
-    rows, cols = linear_sum_assignment(-np.where(iou > threshold, iou, 0.0))
-    ok = iou[rows, cols] > threshold
-    return rows[ok], cols[ok]
+    sub = iou[np.ix_(rows_in, cols_in)]
+    rows, cols = linear_sum_assignment(-np.where(sub > threshold, sub, 0.0))
+    ok = sub[rows, cols] > threshold
+    return rows_in[rows[ok]], cols_in[cols[ok]]
 
 
 def _scores(tp: int, n_gt: int, n_pred: int) -> dict[str, float]:
