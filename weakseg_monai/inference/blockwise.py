@@ -28,7 +28,7 @@ from monai.data.box_utils import batched_nms
 
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
-from weakseg_monai.transforms.dictionary import resample_volume
+from weakseg_monai.transforms.dictionary import aligned_size, resample_volume
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def predict_block(
         zoom: working voxels per input voxel (x, y, z); intensity: the volume's ``(low, high)`` percentiles.
     """
     shape = crop.shape
-    working = [max(1, int(round(s * z))) for s, z in zip(shape, zoom)]
+    working = [aligned_size(s * z, m) for s, z, m in zip(shape, zoom, network.coarse_stride)]
     x = resample_volume(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None], working)
     low, high = intensity
     x = (x - low) / (high - low) if high > low else x - low

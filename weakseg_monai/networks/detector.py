@@ -41,7 +41,11 @@ DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.
 DEFAULT_CHANNELS = (16, 32, 48)
 DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
 DEFAULT_BLOCKS = (1, 2, 2)
+# the stride of the detection level (backbone level 1): anchors sit at i * stride + stride // 2 of the input grid
+DETECTION_STRIDE = tuple(int(np.prod([s[a] for s in DEFAULT_STRIDES[:2]])) for a in range(3))
+POSITIVE_IOU = 0.4  # the paper's matching: an anchor above this IoU with a ground-truth box is positive
 LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
+MASK_ROI_CHUNK = 256  # RoIs per mask-head call at inference: memory stays bounded with thousands of detections
 
 
 class VoxResDetectorNet(nn.Module):
@@ -67,7 +71,16 @@ class VoxResDetectorNet(nn.Module):
         self.backbone = VoxResBackbone(in_channels, channels, strides, blocks, norm)
         self.detection_level = detection_level
         self.fine_level = fine_level
+        self.num_classes = num_classes
+        self.norm = norm
         self.head = DetectionHead3D(self.backbone.channels[detection_level], num_anchors, num_classes + 1, norm=norm)
+
+    def set_num_anchors(self, num_anchors: int) -> None:
+        """A new (untrained) detection head for ``num_anchors`` anchor shapes, on the old head's device: the plan
+        sets the anchor count, and a checkpoint of another count loads into a default-built model."""
+        device = next(self.head.parameters()).device
+        channels = self.backbone.channels[self.detection_level]
+        self.head = DetectionHead3D(channels, num_anchors, self.num_classes + 1, norm=self.norm).to(device)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         feats = self.backbone(images)
@@ -132,7 +145,7 @@ class WeakInstanceSegNet(nn.Module):
         norm: str | tuple = ("group", {"num_groups": 8}),
         roi_size: int = 12,
         mask_channels: int = 16,
-        positive_iou: float = 0.4,
+        positive_iou: float = POSITIVE_IOU,
         negative_iou: float | None = None,
         neg_pos_ratio: float = 3.0,
         min_negatives: int = 32,
@@ -198,6 +211,12 @@ class WeakInstanceSegNet(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
         for name in self.LATE_BUFFERS:
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        shapes = state_dict.get(prefix + "anchor_shapes")
+        if isinstance(shapes, torch.Tensor) and shapes.ndim == 2 and shapes.shape != self.anchor_shapes.shape:
+            # the plan chose another number of anchor shapes: resize before the head's weights load (the children
+            # load after this module's own entries)
+            self.anchor_shapes = torch.zeros_like(shapes, device=self.anchor_shapes.device)
+            self.network.set_num_anchors(int(shapes.shape[0]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
 
     # ------------------------------------------------------------------ helpers
@@ -391,7 +410,10 @@ class WeakInstanceSegNet(nn.Module):
         """``(K, M, M, M)`` mask probabilities in the ``(K, 6)`` frames ``mask_frames(boxes)`` of one image's
         boxes (``fine``/``coarse``: batch 1)."""
         rois = torch.cat([torch.zeros_like(frames[:, :1]), frames], dim=1)
-        return torch.sigmoid(self.mask_head(fine, coarse, rois)[:, 0].float())
+        chunks = [self.mask_head(fine, coarse, part)[:, 0] for part in rois.split(MASK_ROI_CHUNK)]
+        if not chunks:
+            return torch.zeros((0, *(self.mask_head.mask_size,) * 3), device=frames.device)
+        return torch.sigmoid(torch.cat(chunks).float())
 
     def segment_boxes(
         self, fine: Tensor, coarse: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, spatial: Sequence[int]

@@ -17,11 +17,14 @@ from monai.data.box_utils import box_iou
 
 from weakseg_monai.data.datalist import load_section
 from weakseg_monai.data.io import read_volume, resolve_spacing
+from weakseg_monai.transforms.dictionary import working_shape
+from weakseg_monai.utils.boxes import touches_face
 
 logger = logging.getLogger(__name__)
 
 MAX_INTENSITY_VOLUMES = 8  # intensity statistics from at most this many training volumes
 MIN_CORE_VOXELS = 3  # boxes thinner than this in some axis have no central third to measure
+MIN_WHOLE_OBJECTS = 10  # object sizes come from the objects no face cuts when there are at least this many
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class DatasetFingerprint:
             (its p99.8 - p1): how much brighter objects are inside than the volume at large. Filled nuclei
             measure 0.28-0.60 on the generalisation suite; a cell-wall / membrane stain (dark interiors in a
             tissue that is all cells) 0.08. ``None`` when no box was measurable.
+        n_face_cut: boxes with a voxel on a face of their volume (only their visible part is boxed).
+        object_sizes_from: "whole" when the object sizes above come from the objects no face cuts (at least
+            ``MIN_WHOLE_OBJECTS`` of them), else "all": a face-cut sliver says nothing about an object's size.
     """
 
     n_volumes: int
@@ -58,9 +64,38 @@ class DatasetFingerprint:
     object_volume_fraction: float
     intensity: dict
     object_core_contrast: float | None = None
+    n_face_cut: int = 0
+    object_sizes_from: str = "all"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeBoxes:
+    """One training volume's boxes ``(G, 6)`` (voxels), its size (x, y, z) voxels and spacing (x, y, z) µm."""
+
+    boxes: np.ndarray
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    def face_cut(self) -> np.ndarray:
+        return touches_face(self.boxes, self.shape)
+
+    def at_spacing(self, working_spacing) -> VolumeBoxes:
+        """The same boxes and volume at ``working_spacing`` (the edge-aligned grid of ``working_shape``)."""
+        shape, zoom = working_shape(self.shape, self.spacing, working_spacing)
+        return VolumeBoxes(self.boxes * np.tile(zoom, 2), tuple(int(v) for v in shape), tuple(working_spacing))
+
+
+def training_volumes(dataset_dir: str | Path) -> list[VolumeBoxes]:
+    """Boxes, size and spacing of every training item (sizes from the file headers where the format allows)."""
+    volumes = []
+    for item in load_section(dataset_dir, "training"):
+        boxes = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
+        spacing = tuple(float(v) for v in resolve_spacing(item["image"], item.get("spacing")))
+        volumes.append(VolumeBoxes(boxes, _volume_shape(item["image"]), spacing))  # type: ignore[arg-type]
+    return volumes
 
 
 def _volume_shape(path: str) -> tuple[int, int, int]:
@@ -81,34 +116,35 @@ def _max_other_iou(boxes: np.ndarray) -> np.ndarray:
     return iou.max(dim=1).values.numpy()
 
 
-def dataset_fingerprint(dataset_dir: str | Path) -> DatasetFingerprint:
-    """Fingerprint of the ``training`` section of ``dataset_dir`` (a folder with ``datalist.json``)."""
+def dataset_fingerprint(dataset_dir: str | Path, volumes: list[VolumeBoxes] | None = None) -> DatasetFingerprint:
+    """Fingerprint of the ``training`` section of ``dataset_dir`` (a folder with ``datalist.json``); ``volumes``:
+    its ``training_volumes`` when already read."""
     items = load_section(dataset_dir, "training")
     if not items:
         raise ValueError(f"{dataset_dir}: the datalist has no 'training' items to plan from")
-    spacings, shapes, sizes_um, overlaps, fractions, masked = [], [], [], [], [], 0
+    volumes = training_volumes(dataset_dir) if volumes is None else volumes
+    sizes_um, whole, overlaps, fractions, masked = [], [], [], [], 0
     dtypes, samples, core_contrasts = set(), [], []
-    for index, item in enumerate(items):
-        spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")), dtype=np.float64)
-        shape = np.asarray(_volume_shape(item["image"]), dtype=np.float64)
-        boxes = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
-        spacings.append(spacing)
-        shapes.append(shape)
-        sizes_um.append((boxes[:, 3:] - boxes[:, :3]) * spacing)
+    for index, (item, volume) in enumerate(zip(items, volumes)):
+        boxes, shape = volume.boxes, np.asarray(volume.shape, dtype=np.float64)
+        sizes_um.append((boxes[:, 3:] - boxes[:, :3]) * np.asarray(volume.spacing))
+        whole.append(~volume.face_cut())
         overlaps.append(_max_other_iou(boxes))
         fractions.append(float(np.prod(boxes[:, 3:] - boxes[:, :3], axis=1).sum() * np.pi / 6 / np.prod(shape)))
         masked += int(np.asarray(item.get("mask_annotated", []), dtype=bool).sum())
         if index < MAX_INTENSITY_VOLUMES:
-            volume = read_volume(item["image"])
-            dtypes.add(str(volume.dtype))
-            flat = volume.ravel()
+            image = read_volume(item["image"])
+            dtypes.add(str(image.dtype))
+            flat = image.ravel()
             samples.append(flat[:: max(1, flat.size // 200_000)].astype(np.float64))
-            core_contrasts.extend(_core_contrasts(volume, boxes, samples[-1]))
+            core_contrasts.extend(_core_contrasts(image, boxes, samples[-1]))
     sizes = np.concatenate(sizes_um) if sizes_um else np.zeros((0, 3))
     if len(sizes) == 0:
         raise ValueError(f"{dataset_dir}: the training items have no boxes to plan from")
-    median_spacing = np.median(np.stack(spacings), axis=0)
-    median_shape = np.median(np.stack(shapes), axis=0)
+    is_whole = np.concatenate(whole)
+    sized = sizes[is_whole] if is_whole.sum() >= MIN_WHOLE_OBJECTS else sizes
+    median_spacing = np.median(np.stack([v.spacing for v in volumes]), axis=0)
+    median_shape = np.median(np.stack([v.shape for v in volumes]), axis=0)
     p1, p50, p998 = np.percentile(np.concatenate(samples), [1.0, 50.0, 99.8])
     return DatasetFingerprint(
         n_volumes=len(items),
@@ -118,13 +154,15 @@ def dataset_fingerprint(dataset_dir: str | Path) -> DatasetFingerprint:
         spacing_um=_triple(median_spacing),
         volume_voxels=tuple(int(v) for v in median_shape),  # type: ignore[arg-type]
         volume_um=_triple(median_shape * median_spacing),
-        object_um_median=_triple(np.median(sizes, axis=0)),
-        object_um_p10=_triple(np.percentile(sizes, 10, axis=0)),
-        object_um_p90=_triple(np.percentile(sizes, 90, axis=0)),
+        object_um_median=_triple(np.median(sized, axis=0)),
+        object_um_p10=_triple(np.percentile(sized, 10, axis=0)),
+        object_um_p90=_triple(np.percentile(sized, 90, axis=0)),
         box_overlap_p95=round(float(np.percentile(np.concatenate(overlaps), 95)), 4),
         object_volume_fraction=round(float(np.median(fractions)), 4),
         intensity={"dtype": sorted(dtypes), "p1": float(p1), "p50": float(p50), "p99.8": float(p998)},
         object_core_contrast=round(float(np.median(core_contrasts)), 4) if core_contrasts else None,
+        n_face_cut=int((~is_whole).sum()),
+        object_sizes_from="whole" if sized is not sizes else "all",
     )
 
 

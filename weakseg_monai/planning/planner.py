@@ -8,7 +8,9 @@ The architecture stays fixed (one checkpoint contract: ``model.pt`` is a plain s
   spacing puts the median object inside ``KEEP_BAND`` the data keeps its own spacing (no needless
   interpolation), else it is resampled so the median object lands on the target. z may stay coarser.
 - ``patch_size``: at least the architecture's 64 x 64 x 32, at least 2.5 objects across, at most the volume.
-- ``anchor_shapes``: k-means of the training boxes at the working spacing.
+- ``anchor_shapes``: k-means of the whole objects' boxes at the working spacing, plus the shapes the objects cut by
+  a volume face need (slivers): at least 95% of the face-cut and of the whole boxes get an anchor the matcher calls
+  positive (``plan_anchor_shapes``; the share is in the plan table).
 - ``iterations`` / ``val_interval``: optimizer steps by dataset size, a CPU-friendly budget.
 - ``nms_thresh``: above the overlap of touching ground-truth boxes, so NMS does not delete real neighbours.
 - ``score_thresh``: a starting value; training calibrates it on validation and stores it in the checkpoint.
@@ -31,9 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from weakseg_monai.conventions import as_flag
-from weakseg_monai.networks.detector import DEFAULT_STRIDES
-from weakseg_monai.planning.fingerprint import DatasetFingerprint, dataset_fingerprint
-from weakseg_monai.utils.anchors import anchor_shapes_from_datalist
+from weakseg_monai.networks.detector import DEFAULT_STRIDES, DETECTION_STRIDE, POSITIVE_IOU
+from weakseg_monai.planning.fingerprint import (
+    MIN_WHOLE_OBJECTS,
+    DatasetFingerprint,
+    VolumeBoxes,
+    dataset_fingerprint,
+    training_volumes,
+)
+from weakseg_monai.utils.anchors import anchor_hits, anchor_shapes_covering, anchor_shapes_from_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +83,8 @@ def _round_sig(value: float, digits: int = 3) -> float:
 
 
 def plan_patch_size(fingerprint: DatasetFingerprint, working_spacing: Sequence[float]) -> list[int]:
-    """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor."""
+    """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor, square in-plane (the
+    larger of the two: a volume narrower than the patch is padded) so in-plane quarter turns augment it."""
     scale = np.asarray(fingerprint.spacing_um) / np.asarray(working_spacing, dtype=np.float64)
     volume = np.asarray(fingerprint.volume_voxels) * scale
     big_object = np.asarray(fingerprint.object_um_p90) / np.asarray(working_spacing, dtype=np.float64)
@@ -84,7 +93,49 @@ def plan_patch_size(fingerprint: DatasetFingerprint, working_spacing: Sequence[f
         want = min(max(BASE_PATCH[axis], 2.5 * big_object[axis]), MAX_PATCH[axis], volume[axis])
         divisor = SIZE_DIVISOR[axis]
         patch.append(int(max(divisor, math.ceil(want / divisor) * divisor)))
+    patch[0] = patch[1] = max(patch[0], patch[1])
     return patch
+
+
+MAX_ANCHOR_SHAPES = 9
+MIN_ANCHOR_SHARE = 0.95  # of the face-cut and of the whole boxes: an anchor above the matcher's positive IoU
+MIN_ANCHORED_EXTENT = 3  # boxes thinner than this (working voxels) in some axis are not counted
+
+
+def _anchor_geometry(volumes: Sequence[VolumeBoxes], working_spacing: Sequence[float]):
+    """Boxes at the working grid per volume with its padded size, and over all boxes: face-cut, and sized
+    (at least ``MIN_ANCHORED_EXTENT`` working voxels per axis)."""
+    at = [v.at_spacing(working_spacing) for v in volumes]
+    pairs = [(v.boxes, [int(math.ceil(s / d) * d) for s, d in zip(v.shape, SIZE_DIVISOR)]) for v in at]
+    boxes = np.concatenate([v.boxes for v in at]) if at else np.zeros((0, 6))
+    cut = np.concatenate([v.face_cut() for v in at]) if at else np.zeros(0, dtype=bool)
+    sized = ((boxes[:, 3:] - boxes[:, :3]) >= MIN_ANCHORED_EXTENT).all(axis=1)
+    return pairs, boxes, cut, sized
+
+
+def plan_anchor_shapes(volumes: Sequence[VolumeBoxes], working_spacing: Sequence[float]) -> list[list[float]]:
+    """Anchor shapes (x, y, z working voxels): k-means (3) of the whole objects' boxes (of all boxes with fewer
+    than ``MIN_WHOLE_OBJECTS`` whole ones), then as many as ``MAX_ANCHOR_SHAPES`` added until ``MIN_ANCHOR_SHARE``
+    of the face-cut and of the whole boxes have a positive anchor (``anchor_shapes_covering``)."""
+    pairs, boxes, cut, sized = _anchor_geometry(volumes, working_spacing)
+    whole = ~cut
+    base = anchor_shapes_from_boxes(boxes[whole] if whole.sum() >= MIN_WHOLE_OBJECTS else boxes, 3)
+    return anchor_shapes_covering(
+        pairs, base, DETECTION_STRIDE, [sized & cut, sized & whole], POSITIVE_IOU, MIN_ANCHOR_SHARE, MAX_ANCHOR_SHAPES
+    )
+
+
+def anchor_coverage(
+    volumes: Sequence[VolumeBoxes], working_spacing: Sequence[float], anchor_shapes: Sequence[Sequence[float]]
+) -> dict[str, float | None]:
+    """Share of the face-cut and of the whole training boxes (at least ``MIN_ANCHORED_EXTENT`` working voxels per
+    axis) that some anchor matches above the matcher's positive IoU; None where there are none."""
+    pairs, _, cut, sized = _anchor_geometry(volumes, working_spacing)
+    hit = anchor_hits(pairs, anchor_shapes, DETECTION_STRIDE, POSITIVE_IOU)
+    return {
+        name: round(float(hit[group].mean()), 3) if group.any() else None
+        for name, group in (("face_cut", sized & cut), ("whole", sized & ~cut))
+    }
 
 
 def plan_batch_size(patch_size: Sequence[int]) -> int:
@@ -169,8 +220,12 @@ class TrainingPlanner:
         self.dataset_dir = str(dataset_dir)
 
     @cached_property
+    def volumes(self) -> list[VolumeBoxes]:
+        return training_volumes(self.dataset_dir)
+
+    @cached_property
     def fingerprint(self) -> DatasetFingerprint:
-        return dataset_fingerprint(self.dataset_dir)
+        return dataset_fingerprint(self.dataset_dir, self.volumes)
 
     def working_spacing(self) -> list[float]:
         return plan_working_spacing(self.fingerprint)
@@ -182,7 +237,7 @@ class TrainingPlanner:
         return plan_batch_size(patch_size)
 
     def anchor_shapes(self, working_spacing: Sequence[float]) -> list[list[float]]:
-        return anchor_shapes_from_datalist(self.dataset_dir, working_spacing, 3)
+        return plan_anchor_shapes(self.volumes, working_spacing)
 
     def iterations(self, epochs: int | None = None) -> int:
         """Planned steps, or ``epochs`` x training items when the deprecated ``--epochs`` is given."""
@@ -243,6 +298,7 @@ class TrainingPlanner:
             "planned": planned,
             "used": dict(used),
             "overridden": overridden,
+            "anchor_coverage": anchor_coverage(self.volumes, used["working_spacing"], used["anchor_shapes"]),
             "warnings": data_warnings(self.fingerprint),
         }
 
@@ -293,13 +349,22 @@ def format_plan(report: Mapping) -> str:
         ("object volume fraction", fp["object_volume_fraction"]),
         ("intensity dtype, p1 / p50 / p99.8", _intensity(fp["intensity"])),
         ("object core contrast", fp.get("object_core_contrast")),
+        ("objects cut by a face / sizes from", f"{fp.get('n_face_cut', 0)} / {fp.get('object_sizes_from', 'all')}"),
     ]
     overridden = set(report.get("overridden", []))
     for key, value in report["used"].items():
         mark = " (overridden; planned " + json.dumps(report["planned"][key]) + ")" if key in overridden else ""
         rows.append((key, f"{json.dumps(value)}{mark}"))
+    coverage = report.get("anchor_coverage")
+    if coverage:
+        shares = " / ".join(_share(coverage.get(k)) for k in ("face_cut", "whole"))
+        rows.append(("anchored boxes, face-cut / whole", shares))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _share(value: float | None) -> str:
+    return "none" if value is None else f"{100 * value:.1f}%"
 
 
 def _intensity(stats: Mapping) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.apps.detection.transforms.dictionary import RandZoomBoxd
+from monai.apps.detection.transforms.dictionary import RandRotateBox90d, RandZoomBoxd
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
@@ -29,6 +29,7 @@ from weakseg_monai.conventions import as_boxes, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
+from weakseg_monai.networks.detector import DETECTION_STRIDE
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +110,33 @@ class LoadWeakAnnotationd(MapTransform):
         return d
 
 
-def working_shape(
-    shape: Sequence[int], spacing: Sequence[float], working_spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel grid of a volume at the working spacing: ``(new shape, zoom = new / old)`` per axis (x, y, z).
+def aligned_size(size: float, multiple: int, tolerance: float = 0.1) -> int:
+    """``size`` rounded to a whole number of ``multiple`` (the detection level's stride) when that moves it by at
+    most ``tolerance`` of itself, else to the nearest voxel (at least 1).
 
-    The one rounding rule shared by training (``ResampleToSpacingd``) and inference (``WeakSegPredictor``).
+    Why: anchors sit at ``i * stride + stride // 2``, so with the size a multiple of the stride the far face of the
+    volume lies on the anchor grid as the near face does, and an object the far face cuts to a thin sliver has an
+    anchor that fits it (off the grid, a 3-voxel sliver can stay below the matcher's IoU with every anchor)."""
+    plain = max(1, int(round(size)))
+    snapped = max(multiple, int(round(size / multiple)) * multiple)
+    return snapped if abs(snapped - size) <= tolerance * size else plain
+
+
+def working_shape(
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    working_spacing: Sequence[float],
+    multiple: Sequence[int] = DETECTION_STRIDE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel grid of a volume at the working spacing: ``(new shape, zoom = new / old)`` per axis (x, y, z), each
+    size a whole number of ``multiple`` where that changes it by at most 10% (``aligned_size``).
+
+    The one rounding rule shared by training (``ResampleToSpacingd``), inference (``ToWorkingGridd``), blockwise
+    inference and the planner.
     """
     old = np.asarray(shape, dtype=np.int64)
     factor = np.asarray(as_spacing(spacing)) / np.asarray(as_spacing(working_spacing))
-    new = np.maximum(np.round(old * factor).astype(np.int64), 1)
+    new = np.asarray([aligned_size(o * f, int(m)) for o, f, m in zip(old, factor, multiple)], dtype=np.int64)
     return new, new / old
 
 
@@ -278,27 +296,50 @@ class RandZoomBoxVolumed(RandZoomBoxd):
 
 
 class MarkCutBoxesd(MapTransform):
-    """After the last crop/zoom/clip: flag boxes cut to less than ``min_visible`` of their volume
-    (``box_ignore``).
+    """After the last crop/zoom/clip: flag (``box_ignore``) the boxes a crop cut so far that nobody would box what
+    is left: thinner than ``min_extent`` voxels in some axis, or under ``min_visible`` of their volume.
 
-    Their anchors are ignored by the loss (neither positive nor negative): a sliver of a nucleus at the
-    patch border is not a fair detection target. Reads ``box_volume`` (the whole box's volume in the
-    current voxels: carried through the crop as a ``label_keys`` array, scaled by ``ResampleToSpacingd``
-    and ``RandZoomBoxVolumed``).
+    Their anchors are ignored by the loss (neither positive nor negative). Every other cut box is a positive for
+    box and mask, its visible part the target: a volume's faces cut objects just as a crop does, and users annotate
+    (and score) the visible part of such objects. (Ignoring crop-cut parts under half their volume, as before,
+    taught the detector that slivers at a face are not objects: it found few of them.) Reads ``box_volume`` (the
+    whole box's volume in the current voxels: carried through the crop as a ``label_keys`` array, scaled by
+    ``ResampleToSpacingd`` and ``RandZoomBoxVolumed``); boxes no crop cut are never flagged.
     """
 
-    def __init__(self, box_key: str = "box", min_visible: float = 0.5) -> None:
+    def __init__(self, box_key: str = "box", min_visible: float = 0.0, min_extent: float = 3.0) -> None:
         super().__init__(keys=[box_key])
         self.box_key = box_key
         self.min_visible = min_visible
+        self.min_extent = min_extent
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         boxes = np.asarray(d[self.box_key], dtype=np.float32).reshape(-1, 6)
-        volume = np.prod(boxes[:, 3:] - boxes[:, :3], axis=1)
-        original = np.asarray(d["box_volume"], dtype=np.float32).reshape(-1)
-        d["box_ignore"] = (volume < self.min_visible * np.maximum(original, 1e-6)).astype(np.uint8)
+        extent = boxes[:, 3:] - boxes[:, :3]
+        volume = np.prod(extent, axis=1)
+        original = np.maximum(np.asarray(d["box_volume"], dtype=np.float32).reshape(-1), 1e-6)
+        cut = volume < original * (1 - 1e-4)
+        too_little = (volume < self.min_visible * original) | (extent < self.min_extent).any(axis=1)
+        d["box_ignore"] = (cut & too_little).astype(np.uint8)
         return d
+
+
+class ShapeKeepingRandRotateBox90d(RandRotateBox90d):
+    """MONAI's ``RandRotateBox90d`` that never changes a crop's shape: on a crop that is not square in the rotated
+    plane the quarter turns are skipped (the random draw still happens, so the random stream stays the same).
+
+    Why: the crops of a batch are stacked, so one turned crop of a non-square patch breaks the batch ("stack
+    expects each tensor to be equal size"); a half turn adds nothing the two flips do not already give.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
+        shape = data[self.box_ref_image_keys[0]].shape[1:]
+        a, b = self.spatial_axes
+        if shape[a] == shape[b]:
+            return super().__call__(data)
+        self.randomize()
+        return dict(data)
 
 
 class InstancesToSemanticd(MapTransform):

@@ -44,22 +44,95 @@ def anchor_shapes_from_boxes(
         for k in range(n_shapes):
             members = sizes[assign == k]
             centres[k] = members.mean(axis=0) if len(members) else sizes[rng.integers(len(sizes))]
-    shapes = np.maximum(2.0 * np.floor(np.exp(centres) / 2.0 + 0.5), 2.0)  # nearest even size, halves up
-    order = np.argsort(shapes.prod(axis=1))
+    shapes = np.unique(np.maximum(2.0 * np.floor(np.exp(centres) / 2.0 + 0.5), 2.0), axis=0)  # nearest even
+    order = np.argsort(shapes.prod(axis=1), kind="stable")
     return shapes[order].tolist()
 
 
-def anchor_shapes_from_datalist(
-    dataset: str, working_spacing: Sequence[float], n_shapes: int = 3, section: str = "training"
-) -> list[list[float]]:
-    """Anchor shapes from the training boxes of a dataset, converted to voxels of ``working_spacing``."""
-    from weakseg_monai.data.datalist import load_section
-    from weakseg_monai.data.io import resolve_spacing
+def anchor_centres(size: int, stride: int) -> np.ndarray:
+    """Anchor centres along one axis of a volume of ``size`` voxels (padded to the stride): ``i * stride +
+    stride // 2``, MONAI's placement (``AnchorGeneratorWithAnchorShape``)."""
+    return np.arange(int(np.ceil(size / stride))) * stride + stride // 2
 
-    boxes = []
-    target = np.asarray(working_spacing, dtype=np.float64)
-    for item in load_section(dataset, section):
-        b = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
-        spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")))
-        boxes.append(b * np.tile(spacing / target, 2))
-    return anchor_shapes_from_boxes(boxes, n_shapes)
+
+def best_anchor_iou(
+    boxes: np.ndarray, anchor_shapes: Sequence[Sequence[float]], stride: Sequence[int], spatial: Sequence[int]
+) -> np.ndarray:
+    """``(G,)`` the highest IoU of each ``(G, 6)`` box of a volume of ``spatial`` voxels with any anchor of the grid
+    (every shape at every centre of the detection level of ``stride``): what the matcher sees, without building the
+    ``prod(spatial / stride) * R`` anchors of a large volume (only the centres next to each box are tried).
+
+    Anchor sizes are even (``anchor_shapes_from_boxes``), so an anchor spans ``centre -/+ size / 2`` exactly."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    sizes = np.asarray(anchor_shapes, dtype=np.float64).reshape(-1, 3)
+    if len(b) == 0:
+        return np.zeros(0)
+    overlaps = []  # per axis: (G, R, K) overlap of the box with anchors at K candidate centres
+    for axis in range(3):
+        centres = anchor_centres(int(spatial[axis]), int(stride[axis]))
+        middle = (b[:, axis] + b[:, axis + 3]) / 2
+        nearest = np.clip(np.round((middle - stride[axis] // 2) / stride[axis]).astype(int), 0, len(centres) - 1)
+        index = np.clip(nearest[:, None] + np.arange(-2, 3)[None, :], 0, len(centres) - 1)  # (G, 5)
+        c = centres[index][:, None, :]  # (G, 1, 5)
+        half = sizes[None, :, axis, None] / 2  # (1, R, 1)
+        low = np.maximum(b[:, None, None, axis], c - half)
+        high = np.minimum(b[:, None, None, axis + 3], c + half)
+        overlaps.append(np.clip(high - low, 0, None))  # (G, R, 5)
+    inter = overlaps[0][..., :, None, None] * overlaps[1][..., None, :, None] * overlaps[2][..., None, None, :]
+    box_volume = np.prod(b[:, 3:] - b[:, :3], axis=1)[:, None, None, None, None]
+    anchor_volume = np.prod(sizes, axis=1)[None, :, None, None, None]
+    iou = inter / (box_volume + anchor_volume - inter)
+    return iou.reshape(len(b), -1).max(axis=1)
+
+
+def anchor_hits(
+    volumes: Sequence[tuple[np.ndarray, Sequence[int]]],
+    anchor_shapes: Sequence[Sequence[float]],
+    stride: Sequence[int],
+    positive_iou: float = 0.4,
+) -> np.ndarray:
+    """``(G,)`` bool over the boxes of all ``volumes`` (``(boxes (G_i, 6), padded spatial size)`` pairs, in order):
+    which boxes some anchor matches above ``positive_iou``, i.e. which get an anchor the matcher calls positive."""
+    hits = [best_anchor_iou(boxes, anchor_shapes, stride, spatial) > positive_iou for boxes, spatial in volumes]
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+
+def anchor_shapes_covering(
+    volumes: Sequence[tuple[np.ndarray, Sequence[int]]],
+    base_shapes: Sequence[Sequence[float]],
+    stride: Sequence[int],
+    groups: Sequence[np.ndarray],
+    positive_iou: float = 0.4,
+    min_share: float = 0.95,
+    max_shapes: int = 9,
+    candidates: int = 48,
+    seed: int = 0,
+) -> list[list[float]]:
+    """``base_shapes`` plus, greedily, the shapes that give the most still-unmatched target boxes a positive anchor,
+    until ``min_share`` of every group of targets (``(G,)`` bool masks over the boxes of ``volumes``, e.g. the
+    face-cut and the whole objects) has one, or ``max_shapes`` are reached. Candidates are the even-rounded sizes
+    of unmatched targets (at most ``candidates`` of them).
+
+    Why: k-means of the sizes serves the typical (whole) object; a volume's faces cut objects into slivers thin in
+    one or two axes, which no typical anchor matches (IoU <= 0.4), so the detector hardly learns them."""
+    shapes = [[float(v) for v in s] for s in base_shapes]
+    boxes = np.concatenate([b.reshape(-1, 6) for b, _ in volumes]) if volumes else np.zeros((0, 6))
+    groups = [g for g in groups if g.any()]
+    rng = np.random.default_rng(seed)
+    hit = anchor_hits(volumes, shapes, stride, positive_iou)
+    while len(shapes) < max_shapes:
+        short = [g for g in groups if hit[g].mean() < min_share]
+        if not short:
+            break
+        wanted = np.logical_or.reduce(short) & ~hit
+        open_boxes = boxes[wanted]
+        sizes = np.unique(np.maximum(2.0 * np.floor((open_boxes[:, 3:] - open_boxes[:, :3]) / 2.0 + 0.5), 2.0), axis=0)
+        if len(sizes) > candidates:
+            sizes = sizes[rng.choice(len(sizes), candidates, replace=False)]
+        gains = [int((anchor_hits(volumes, [size], stride, positive_iou) & wanted).sum()) for size in sizes]
+        if not gains or max(gains) == 0:
+            break
+        best = sizes[int(np.argmax(gains))]
+        shapes.append(best.tolist())
+        hit |= anchor_hits(volumes, [best], stride, positive_iou)
+    return shapes
