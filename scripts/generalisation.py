@@ -157,10 +157,14 @@ def dataset_stats(dataset: Path) -> dict:
     }
 
 
+SCORES = ("det_f1", "seg_f1", "ctc_seg", "recall_face_cut", "recall_whole")
+
+
 def score(gt_dir: Path, pred_dir: Path) -> dict:
-    """Mean Det F1, Seg F1 and CTC SEG over the test volumes."""
+    """Mean Det F1, Seg F1 and CTC SEG over the test volumes, and the detection recall of the objects a volume
+    face cuts and of the whole ones (pooled over the volumes; NaN where there are none)."""
     mean = score_folders(gt_dir, pred_dir)["mean"]
-    return {key: round(mean[key], 4) for key in ("det_f1", "seg_f1", "ctc_seg")}
+    return {key: round(mean[key], 4) for key in SCORES}
 
 
 # ---------------------------------------------------------------- ours
@@ -397,18 +401,33 @@ def run_method(method: str, name: str, dataset: Path, args: argparse.Namespace) 
     return {"status": "ok", "flags": flags, "seed": args.seed, "date": today, "cpu": cpu_name(), **metrics}
 
 
-def method_cells(entry: dict | None, keys: tuple[str, ...] = ("det_f1", "seg_f1", "ctc_seg", "train_min")) -> list[str]:
-    """Det F1, Seg F1, CTC SEG, train min, infer s/vol of one entry (its status in the first cell otherwise)."""
+FULL_COLUMNS = ("det_f1", "seg_f1", "ctc_seg", "recall", "train_min", "infer_s_per_vol")
+
+
+def method_cells(entry: dict | None, keys: tuple[str, ...] = FULL_COLUMNS) -> list[str]:
+    """Det F1, Seg F1, CTC SEG, recall face-cut / whole, train min, infer s/vol of one entry (its status in the
+    first cell otherwise; "-" for a recall an older cached row lacks)."""
     entry = entry or {"status": "not run"}
-    keys = (*keys, "infer_s_per_vol") if len(keys) == 4 else keys
     if entry.get("status") != "ok":
         return [entry.get("status", "not run")] + [""] * (len(keys) - 1)
-    return [f"{entry[k]:.1f}" if k in ("train_min", "infer_s_per_vol") else f"{entry[k]:.3f}" for k in keys]
+    cells = []
+    for key in keys:
+        if key == "recall":
+            cells.append(" / ".join(_recall(entry.get(k)) for k in ("recall_face_cut", "recall_whole")))
+        elif key in ("train_min", "infer_s_per_vol"):
+            cells.append(f"{entry[key]:.1f}")
+        else:
+            cells.append(f"{entry[key]:.3f}")
+    return cells
+
+
+def _recall(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 def markdown_table(results: dict) -> str:
     """The results as a markdown table in suite order, with notes on non-default flags and the machines."""
-    columns = ("Det F1", "Seg F1", "CTC SEG", "train min", "infer s/vol")
+    columns = ("Det F1", "Seg F1", "CTC SEG", "recall cut / whole", "train min", "infer s/vol")
     header = ["dataset", "train vols / objects / masked"] + [f"ours {c}" for c in columns]
     header += ["boxes only Det F1", "boxes only Seg F1"] + [f"StarDist {c}" for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -430,7 +449,8 @@ def markdown_table(results: dict) -> str:
         " `--mask_fraction 0.0` (the planned box-supervised mask loss teaches the masks); StarDist 3D: default"
         " `Config3D` on the full masks for the same wall-clock budget, its probability threshold optimised on the"
         " training volumes at NMS 0.4. Means over the 3 test volumes; Det F1 at 3D box IoU > 0.4, Seg F1 at mask"
-        " IoU > 0.5; infer s/vol as each tool logs it."
+        " IoU > 0.5; recall cut / whole: detection recall of the test objects with a voxel on a face of their"
+        " volume and of the others (pooled over the volumes); infer s/vol as each tool logs it."
     )
     if cpus:
         text += f" Machine: {', '.join(sorted(cpus))}."
