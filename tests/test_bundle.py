@@ -299,9 +299,10 @@ def test_a_failing_bundle_run_ends_with_the_real_message(tmp_path):
         str(BUNDLE_DIR), "--input_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
     )
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-2:]
-    assert last[0].startswith("weakseg-monai error: RuntimeError: 1 of 1 inputs failed"), result.stderr[-1500:]
-    assert "broken.nii.gz" in last[1] and "cannot be read" in last[1] and last[1].count("broken.nii.gz") == 1
+    last = result.stderr.strip().splitlines()[-4:]
+    assert last[0] == "weakseg-monai error: RuntimeError: 1 of 1 inputs failed:", result.stderr[-1500:]
+    assert last[1:3] == ["| input | result |", "|---|---|"]
+    assert "broken.nii.gz" in last[3] and "cannot be read" in last[3] and last[3].count("broken.nii.gz") == 1
 
 
 def test_the_named_inference_run_id_runs_the_same_job(tmp_path):

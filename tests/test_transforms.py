@@ -54,6 +54,29 @@ def test_mark_cut_boxes_flags_less_than_half_visible():
     assert MarkCutBoxesd(min_visible=0.5)(d)["box_ignore"].tolist() == [0, 1]
 
 
+def test_cut_parts_are_positives_unless_thinner_than_anyone_would_box():
+    """The default (train.json): a crop-cut part is a positive down to 3 voxels per axis; a thin box no crop cut
+    (an annotated face-cut sliver) is never flagged."""
+    d = {
+        "box": np.array([[0, 0, 0, 4, 10, 10], [0, 0, 0, 2, 10, 10], [0, 0, 0, 2, 10, 10]], dtype=np.float32),
+        "box_volume": np.array([1000, 1000, 200], dtype=np.float32),
+    }
+    assert MarkCutBoxesd()(d)["box_ignore"].tolist() == [0, 1, 0]
+
+
+def test_quarter_turns_keep_every_crop_of_a_non_square_patch_the_same_shape(synthetic_dataset):
+    """A patch of 48 x 32 x 16: train.json's augmentations must not turn some crops into 32 x 48 (the reported
+    'stack expects each tensor to be equal size' crash on a 28 x 61 x 31 volume)."""
+    set_determinism(1)
+    pipeline = _train_pipeline(synthetic_dataset, patch_size=[48, 32, 16])
+    item = load_section(synthetic_dataset, "training")[0]
+    shapes = {tuple(crop["image"].shape) for _ in range(8) for crop in pipeline(item)}
+    assert shapes == {(1, 48, 32, 16)}
+    square = _train_pipeline(synthetic_dataset, patch_size=[32, 32, 16])
+    turned = [crop for _ in range(4) for crop in square(item)]
+    assert all(tuple(c["image"].shape) == (1, 32, 32, 16) for c in turned)
+
+
 def test_zoom_keeps_box_volume_in_zoomed_voxels_and_flags_what_it_cuts():
     """A keep-size zoom-in crops the patch again: the box it pushes half out is flagged, the central one not."""
     d = {
@@ -178,3 +201,16 @@ def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(sy
     assert tuple(ours["image"].shape) == tuple(training["image"].shape) and ours["image"].shape[-1] < 32
     np.testing.assert_allclose(ours["image"].numpy(), np.asarray(training["image"]), atol=1e-5)
     np.testing.assert_allclose(ours["working_grid"]["zoom"], training["zoom"])
+
+
+def test_training_clamps_normalised_intensities_as_inference_does():
+    """One input rule: train.json's ScaleIntensityRanged clamps to the range ToWorkingGridd and blockwise use."""
+    import json
+
+    from weakseg_monai.transforms.dictionary import INTENSITY_CLAMP, normalise
+
+    steps = json.loads((BUNDLE_DIR / "configs" / "train.json").read_text())["load_transforms"]
+    clamp = next(s for s in steps if s["_target_"] == "ScaleIntensityRanged")
+    assert (clamp["a_min"], clamp["a_max"]) == (clamp["b_min"], clamp["b_max"]) == INTENSITY_CLAMP and clamp["clip"]
+    x = torch.tensor([0.0, 100.0, 1e6, -1e6])
+    np.testing.assert_allclose(normalise(x, 0.0, 100.0).numpy(), [0.0, 1.0, 5.0, -1.0])

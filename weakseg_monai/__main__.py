@@ -1,12 +1,16 @@
 """Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``plan``, ``score``, ``budget``,
 ``from-ctc``, ``to-ctc``, ``export-bundle``).
 
-Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``.
+Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``. A command that fails
+on its input prints one line saying what is wrong (exit code 1); ``--debug`` (or ``WEAKSEG_MONAI_DEBUG=1``) shows
+the traceback too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,10 +38,24 @@ def synth(
     ``--preview`` also writes OUT/preview.png (xy / xz max projections of the first training stack).
     OUT must be empty or new unless ``--overwrite`` (a dataset folder is never replaced by accident).
     """
+    from weakseg_monai.conventions import as_count, as_fraction, as_size, as_spacing
     from weakseg_monai.data import synthetic
     from weakseg_monai.data.datalist import read_datalist, resolve_paths
     from weakseg_monai.data.io import read_volume
 
+    out = str(out)
+    n_train, n_val, n_test = (as_count(v, f"--{k}", minimum=0) for v, k in
+                              ((n_train, "n-train"), (n_val, "n-val"), (n_test, "n-test")))
+    if n_train + n_val + n_test == 0:
+        raise ValueError("--n-train, --n-val and --n-test are all 0: nothing to write")
+    mask_fraction = as_fraction(mask_fraction, "--mask-fraction")
+    shape = as_size(shape, "--shape")
+    if min(shape) < 8:
+        raise ValueError(f"--shape must be at least 8 voxels per axis (x, y, z), got {shape}")
+    try:
+        spacing = as_spacing(spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"--spacing must be three positive numbers (x, y, z) in µm, got {spacing!r}") from None
     if Path(out).exists() and any(Path(out).iterdir()) and not overwrite:
         print(f"{out} is not empty: refusing to write a dataset over it (pass --overwrite to replace its files)")
         sys.exit(2)
@@ -71,7 +89,7 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
     """Check a dataset folder (or datalist file); exit code 1 when any error is found."""
     from weakseg_monai.data.validate import validate_dataset
 
-    report = validate_dataset(dataset_dir)
+    report = validate_dataset(str(dataset_dir))
     text = report.format()
     if quiet:
         text = text.splitlines()[0]
@@ -85,8 +103,11 @@ def plan(dataset_dir: str, out: str = "") -> None:
     without training. ``--out FILE`` also writes it as JSON (never into the dataset folder by default)."""
     import json
 
+    from weakseg_monai.data.validate import check_dataset
     from weakseg_monai.planning import TrainingPlanner, format_plan
 
+    dataset_dir = str(dataset_dir)
+    check_dataset(dataset_dir, read_volumes=False, require_training=True)
     planner = TrainingPlanner(dataset_dir)
     report = planner.report(planner.planned())
     print(f"training plan for {dataset_dir}\n{format_plan(report)}")
@@ -108,6 +129,7 @@ def score(gt: str, pred: str, out: str = "") -> None:
 
     from weakseg_monai.metrics.scoring import score_folders
 
+    gt, pred = str(gt), str(pred)
     result = score_folders(gt, pred)
     columns = list(result["items"][0])
     print("| " + " | ".join(columns) + " |")
@@ -121,9 +143,13 @@ def score(gt: str, pred: str, out: str = "") -> None:
 
 def budget(dataset_dir: str, mask_fraction: float = 0.2, mask_cost: float = 30.0, box_cost: float = 1.0) -> None:
     """Annotation time units of the weak training set vs full masks, and the matched-time baseline subset."""
+    from weakseg_monai.conventions import as_fraction
     from weakseg_monai.data.budget import annotation_budget
 
-    b = annotation_budget(dataset_dir, mask_fraction, mask_cost, box_cost)
+    mask_fraction = as_fraction(mask_fraction, "--mask-fraction")
+    for name, value in (("--mask-cost", mask_cost), ("--box-cost", box_cost)):
+        as_fraction(value, name, 0.0, float("inf"))
+    b = annotation_budget(str(dataset_dir), mask_fraction, float(mask_cost), float(box_cost))
     print(f"training stacks: {b['stacks']}, cells: {b['cells']} (box = {box_cost}, mask = {mask_cost} units)")
     print(f"weak set (all boxes + {mask_fraction:.0%} masks): {b['weak_cost']:.0f} units")
     print(f"full masks: {b['full_cost']:.0f} units (weak / full = {b['weak_over_full']:.3f})")
@@ -137,23 +163,25 @@ def from_ctc(
     root: str, out: str, mask_fraction: float = 0.2, seed: int = 0, spacing: tuple = (0.125, 0.125, 0.2)
 ) -> None:
     """Convert a Cell Tracking Challenge folder (01/t000.tif, 01_GT/SEG/man_seg000.tif) with the paper's split."""
+    from weakseg_monai.conventions import as_fraction, as_spacing
     from weakseg_monai.data.ctc import from_ctc as convert
 
-    print(f"wrote {convert(root, out, mask_fraction, seed, tuple(spacing))}")
+    spacing = as_spacing(spacing)
+    print(f"wrote {convert(str(root), str(out), as_fraction(mask_fraction, '--mask-fraction'), seed, spacing)}")
 
 
 def to_ctc(pred: str, out: str, sequence: str = "01") -> None:
     """Write *_instances predictions of frames tTTT as OUT/<sequence>_RES/maskTTT.tif + res_track.txt."""
     from weakseg_monai.data.ctc import to_ctc as convert
 
-    print(f"wrote {convert(pred, out, sequence)}")
+    print(f"wrote {convert(str(pred), str(out), str(sequence))}")
 
 
 def export_bundle(out: str, bundle: str = "") -> None:
     """Write the bundle as a zoo-ready folder OUT/weakseg_nuclei_3d/ (default source: this checkout's bundle/)."""
     from weakseg_monai.utils.zoo import export_bundle as export
 
-    print(f"wrote {export(out, bundle or None)}")
+    print(f"wrote {export(str(out), str(bundle) if bundle else None)}")
 
 
 COMMANDS = {
@@ -168,9 +196,36 @@ COMMANDS = {
 }
 
 
+DEBUG_FLAG = "--debug"
+DEBUG_VARIABLE = "WEAKSEG_MONAI_DEBUG"
+# what a command raises on a bad input or a failed file: one line, not a traceback (fire's own usage errors exit 2)
+USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError, TypeError)
+
+
+def _one_line_errors(command, debug: bool):
+    """``command`` whose ``USER_ERRORS`` print ``error: <message>`` and exit 1 (with ``debug``: raised as they are)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as err:
+            if debug:
+                raise
+            message = str(err).strip() or type(err).__name__
+            print(f"error: {message}", file=sys.stderr)
+            print(f"(run with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+            sys.exit(1)
+
+    return run
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fire.Fire(COMMANDS)
+    debug = DEBUG_FLAG in sys.argv or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    if DEBUG_FLAG in sys.argv:
+        sys.argv.remove(DEBUG_FLAG)
+    fire.Fire({name: _one_line_errors(command, debug) for name, command in COMMANDS.items()})
 
 
 if __name__ == "__main__":

@@ -59,6 +59,41 @@ def as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def as_size(value: object, name: str) -> tuple[int, int, int]:
+    """Three positive whole numbers (x, y, z), e.g. a block or window size; ``name`` (the flag) in the error."""
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(v) and v >= 1 and v == int(v) for v in values):
+        raise ValueError(f"{name} must be three positive whole numbers (x, y, z), got {value!r}")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
+def as_count(value: object, name: str, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (a voxel budget, an iteration count); ``name`` (the flag) in the error."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number == int(number) and number >= minimum) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def as_fraction(value: object, name: str, low: float = 0.0, high: float = 1.0, high_open: bool = False) -> float:
+    """A number in ``[low, high]`` (``[low, high)`` with ``high_open``); ``name`` (the flag) in the error."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    inside = low <= number < high if high_open else low <= number <= high
+    if not inside or isinstance(value, bool):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}{bracket}, got {value!r}")
+    return number
+
+
 FLAG_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated, write_datalist
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
-from weakseg_monai.data.io import read_volume, write_volume
+from weakseg_monai.data.io import VOLUME_SUFFIXES, read_volume, write_volume
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +87,44 @@ def to_ctc(pred_dir: str | Path, out: str | Path, sequence: str = "01") -> Path:
 
     Labels are offset so that every object of every frame has its own id; ``res_track.txt`` lists each as a
     one-frame track (``id t t 0``). Returns the result folder.
+
+    Refused before anything is written: two predictions of one frame (``a_t000_instances`` and
+    ``b_t000_instances``), a file without a frame number, an unreadable or empty file. Hidden files (a killed
+    inference's ``.tmp_PID_*``) are not predictions. The result folder is written in full each time: mask files of
+    an earlier run are removed, so ``res_track.txt`` and the masks always describe the same frames.
     """
-    pred_dir = Path(pred_dir)
-    res = Path(out) / f"{sequence}_RES"
-    res.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in pred_dir.iterdir() if "_instances" in p.name)
+    pred_dir = Path(str(pred_dir))
+    res = Path(str(out)) / f"{sequence}_RES"
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(f"--pred {pred_dir}: no such folder")
+    files = sorted(
+        p for p in pred_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and "_instances" in p.name
+        and p.name.lower().endswith(VOLUME_SUFFIXES)
+    )
     if not files:
-        raise FileNotFoundError(f"no *_instances files in {pred_dir}")
-    tracks, offset = [], 0
+        raise FileNotFoundError(f"no *_instances.* label volumes in {pred_dir}")
+    frames: dict[int, list[Path]] = {}
     for path in files:
         match = _FRAME.search(path.name.split("_instances")[0].split("_")[-1]) or _FRAME.search(path.name)
         if match is None:
-            raise ValueError(f"{path.name}: no frame number tTTT in the name")
-        t = int(match.group(1))
-        labels = relabel_consecutive(read_volume(path).astype(np.int64))
+            raise ValueError(f"{path}: no frame number tTTT in the name")
+        frames.setdefault(int(match.group(1)), []).append(path)
+    clashes = {t: paths for t, paths in frames.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(f"t{t:03d}: {', '.join(p.name for p in paths)}" for t, paths in sorted(clashes.items()))
+        raise ValueError(f"{pred_dir}: several predictions of one frame ({listed}); keep one per frame")
+    volumes = {}
+    for t, (path,) in sorted(frames.items()):
+        try:
+            volumes[t] = relabel_consecutive(read_volume(path).astype(np.int64))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot be read as a label volume ({err})") from None
+    res.mkdir(parents=True, exist_ok=True)
+    for stale in res.glob("mask*.tif"):
+        stale.unlink()
+    tracks, offset = [], 0
+    for t, labels in volumes.items():
         n = int(labels.max(initial=0))
         shifted = np.where(labels > 0, labels + offset, 0)
         if shifted.max(initial=0) >= 65536:

@@ -31,8 +31,9 @@ PATH_FIELDS = ("image", "mask", "gt_instances")
 
 
 def datalist_path(dataset: str | Path) -> Path:
-    """``DIR/datalist.json`` for a dataset folder, or the path itself for a JSON file."""
-    path = Path(dataset)
+    """``DIR/datalist.json`` for a dataset folder, or the path itself for a JSON file (a folder named by a number
+    reaches us as an int from the command line)."""
+    path = Path(str(dataset))
     return path / DATALIST_NAME if path.is_dir() or path.suffix != ".json" else path
 
 
@@ -109,6 +110,18 @@ def load_section(dataset: str | Path, section: str) -> list[dict]:
     path = datalist_path(dataset)
     items = read_datalist(dataset).get(section) or []
     return [resolve_paths(item, path.parent) for item in items]
+
+
+def load_nonempty_section(dataset: str | Path, section: str) -> list[dict]:
+    """``load_section``, refusing an empty section with a message naming it and the datalist (evaluation of an
+    empty ``test`` section used to exit 0 with no metrics written)."""
+    items = load_section(dataset, section)
+    if not items:
+        raise ValueError(
+            f"{datalist_path(dataset)}: the '{section}' section is empty: nothing to evaluate (add items, or choose "
+            f"another one with --section)"
+        )
+    return items
 
 
 def load_validation_items(dataset: str | Path) -> list[dict]:

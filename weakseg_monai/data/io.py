@@ -9,6 +9,7 @@ ImageJ spacing, and NIfTI with a diagonal affine of the spacing (or a given affi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Sequence
@@ -19,12 +20,26 @@ import numpy as np
 import tifffile
 from monai.transforms import LoadImage
 
-from weakseg_monai.conventions import as_spacing, assert_volume_3d
+from weakseg_monai.conventions import SPATIAL_AXES, as_spacing, assert_volume_3d
 
 logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *TIFF_SUFFIXES)  # every volume format the project reads
+# a prediction of NAME.EXT is written as NAME_instances.EXT (with NAME_boxes.json, NAME_preview.png): a promise to
+# every reader of our outputs (score, to-ctc, an input folder that holds earlier predictions)
+PREDICTION_SUFFIX = "_instances"
+
+
+def volume_stem(path: str | Path) -> str:
+    """``NAME`` of ``NAME.nii.gz`` / ``NAME.ome.tif`` / ...: the stem every output of that input is named by."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
 _UM_PER_UNIT = {
     "um": 1.0,
     "µm": 1.0,
@@ -93,6 +108,17 @@ def read_tiff_xyz(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array.transpose(*range(array.ndim - 1, -1, -1)), 0, -1))
 
 
+@contextlib.contextmanager
+def quiet_nibabel():
+    """Silence nibabel's own logger (its header fixes name no file) for the duration."""
+    logger_ = nib.imageglobals.logger
+    disabled, logger_.disabled = logger_.disabled, True
+    try:
+        yield
+    finally:
+        logger_.disabled = disabled
+
+
 def read_volume(path: str | Path) -> np.ndarray:
     """Read a volume as a numpy array in (x, y, z) order, keeping its stored dtype.
 
@@ -106,7 +132,8 @@ def read_volume(path: str | Path) -> np.ndarray:
     try:
         if is_tiff(path):
             return read_tiff_xyz(path)
-        data = LoadImage(image_only=True, dtype=None)(str(path))
+        with quiet_nibabel():  # its "setting 0 dims to 1" names no file: nifti_spacing warns instead
+            data = LoadImage(image_only=True, dtype=None)(str(path))
     except Exception as err:  # MONAI and tifffile raise several types for a broken file
         if str(err).startswith(str(path)):  # already our own message about this file
             raise
@@ -115,37 +142,79 @@ def read_volume(path: str | Path) -> np.ndarray:
     return np.asarray(data)
 
 
+def _complete_spacing(path: str | Path, values: Sequence[float | None], source: str) -> tuple[float, float, float]:
+    """(x, y, z) µm from per-axis header values: a valid one (finite, > 0) is kept, an invalid or missing one
+    becomes 1 µm with a warning naming the file and the axis (one bad axis no longer throws away the others)."""
+    spacing, bad = [], []
+    for axis, value in zip(SPATIAL_AXES, values):
+        valid = value is not None and np.isfinite(value) and value > 0
+        spacing.append(float(value) if valid else 1.0)
+        if not valid:
+            bad.append(f"{axis} ({value})")
+    if bad:
+        logger.warning(
+            "%s: the %s gives no valid voxel size for %s; assuming 1 µm there and keeping the valid axes (pass the "
+            "real spacing: a datalist 'spacing', or inference's --spacing \"[x, y, z]\")",
+            path, source, ", ".join(bad),
+        )
+    return as_spacing(spacing)
+
+
+def nifti_affine(path: str | Path) -> np.ndarray:
+    """A NIfTI file's affine (what its predictions are written with), read without nibabel's unnamed messages."""
+    with quiet_nibabel():
+        return nib.load(str(path)).affine
+
+
+def volume_shape(path: str | Path) -> tuple[int, int, int]:
+    """(x, y, z) voxel size of a volume, from the header where the format allows it."""
+    if is_nifti(path):
+        with quiet_nibabel():
+            return tuple(int(s) for s in nib.load(str(path)).shape[:3])  # type: ignore[return-value]
+    return tuple(int(s) for s in read_volume(path).shape[:3])  # type: ignore[return-value]
+
+
 def tiff_spacing(path: str | Path) -> tuple[float, float, float] | None:
-    """(x, y, z) voxel size in µm from a TIFF's OME or ImageJ metadata, or None when it has none."""
+    """(x, y, z) voxel size in µm from a TIFF's OME or ImageJ metadata, or None when it has none; an axis whose
+    value is invalid (0, negative) is 1 µm, with a warning."""
     with tifffile.TiffFile(str(path)) as tif:
         if tif.ome_metadata:
-            sizes = {}
+            sizes: dict[str, float] = {}
             for axis in "XYZ":
                 match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
                 if match:
                     unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
                     sizes[axis] = float(match.group(1)) * _um_per(unit.group(1) if unit else "µm", path)
-            if len(sizes) == 3:
-                return as_spacing((sizes["X"], sizes["Y"], sizes["Z"]))
+            if sizes:
+                return _complete_spacing(path, [sizes.get(a) for a in "XYZ"], "OME metadata")
         meta = tif.imagej_metadata
         if meta and "spacing" in meta:
             page = tif.pages.first
             scale = _um_per(str(meta.get("unit", "um")), path)
+            values: list[float | None] = []
+            for tag in ("XResolution", "YResolution"):
+                try:
+                    numerator, denominator = page.tags[tag].value
+                    values.append(denominator / numerator * scale)
+                except (KeyError, ZeroDivisionError, ValueError, TypeError):
+                    values.append(None)
             try:
-                xres = page.tags["XResolution"].value
-                yres = page.tags["YResolution"].value
-                sx = xres[1] / xres[0]
-                sy = yres[1] / yres[0]
-                return as_spacing((sx * scale, sy * scale, float(meta["spacing"]) * scale))
-            except (KeyError, ZeroDivisionError, ValueError):
-                return None
+                values.append(float(meta["spacing"]) * scale)
+            except (TypeError, ValueError):
+                values.append(None)
+            return _complete_spacing(path, values, "ImageJ metadata")
     return None
 
 
 def nifti_spacing(path: str | Path) -> tuple[float, float, float]:
-    """(x, y, z) voxel size from a NIfTI header (its ``pixdim``), taken as µm."""
-    zooms = nib.load(str(path)).header.get_zooms()[:3]
-    return as_spacing(zooms)
+    """(x, y, z) voxel size from a NIfTI header's raw ``pixdim``, taken as µm. Read unchecked: nibabel itself would
+    turn a 0 into 1 with a message that names no file."""
+    with nib.openers.ImageOpener(str(path)) as stream:
+        size = np.frombuffer(stream.read(4), dtype="<i4")[0]
+        stream.seek(0)
+        header_class = nib.Nifti2Header if size in (540, 469893120) else nib.Nifti1Header  # either byte order
+        header = header_class.from_fileobj(stream, check=False)
+    return _complete_spacing(path, [float(v) for v in header["pixdim"][1:4]], "NIfTI header")
 
 
 def resolve_spacing(path: str | Path, datalist_spacing: Sequence[float] | None = None) -> tuple[float, float, float]:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.data.box_utils import box_iou
 from scipy import ndimage
 
 from weakseg_monai.conventions import as_spacing
@@ -148,6 +150,17 @@ def _check_mask(
                 )
 
 
+NUM_CLASSES = 1  # object classes the model has (dataset labels 0 .. NUM_CLASSES - 1)
+DUPLICATE_IOU = 0.95  # two boxes of one item this similar are taken as one object annotated twice
+
+
+def duplicate_boxes(boxes: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, of ``(G, 6)`` boxes with IoU >= ``DUPLICATE_IOU``."""
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 6))
+    iou = torch.triu(box_iou(b, b), diagonal=1)
+    return [(int(i), int(j)) for i, j in torch.nonzero(iou >= DUPLICATE_IOU).tolist()]
+
+
 def check_item(item: dict, where: str = "item", read_volumes: bool = True) -> list[Problem]:
     """All problems of one item whose paths are already absolute (see ``resolve_paths``)."""
     structure = structure_errors(item)
@@ -179,6 +192,29 @@ def check_item(item: dict, where: str = "item", read_volumes: bool = True) -> li
         problems.append(Problem("error", where, "label", f"{len(labels)} labels for {n} boxes"))
     elif any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in labels):
         problems.append(Problem("error", where, "label", "labels must be integers >= 0"))
+    elif labels and max(labels) >= NUM_CLASSES:
+        problems.append(
+            Problem(
+                "error",
+                where,
+                "label",
+                f"label {max(labels)} implies {max(labels) + 1} object classes, but the model has {NUM_CLASSES} "
+                f"(label 0 for every box): set the labels to 0 (one class of nuclei / cells)",
+            )
+        )
+    if boxes is not None and len(boxes) > 1:
+        twins = duplicate_boxes(boxes)
+        if twins:
+            listed = ", ".join(f"{a} and {b}" for a, b in twins[:5]) + (" ..." if len(twins) > 5 else "")
+            problems.append(
+                Problem(
+                    "warning",
+                    where,
+                    "box",
+                    f"{len(twins)} pair(s) of boxes with IoU >= {DUPLICATE_IOU} (boxes {listed}): the same object "
+                    "annotated twice? Duplicates are left out of the training plan's statistics",
+                )
+            )
 
     flags = item.get("mask_annotated")
     annotated = None

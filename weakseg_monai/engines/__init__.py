@@ -2,18 +2,26 @@
 ``SupervisedEvaluator`` with ``weakseg_monai.inference.WeakSegInferer``) and handlers for training and evaluating
 ``WeakInstanceSegNet``."""
 
-from weakseg_monai.engines.checkpoints import AtomicCheckpointSaver, checkpoint_to_resume, latest_checkpoint
+from weakseg_monai.engines.checkpoints import (
+    AtomicCheckpointSaver,
+    CheckedCheckpointLoader,
+    checked_checkpoint,
+    checkpoint_to_resume,
+    latest_checkpoint,
+)
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
 from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
     "ModelSaver",
     "ScoreThresholdCalibrator",
     "TrainingProgress",
     "InstanceMetricsWriter",
     "WeakSegTrainer",
+    "checked_checkpoint",
     "checkpoint_to_resume",
     "latest_checkpoint",
     "prepare_detection_batch",

@@ -28,7 +28,7 @@ from monai.data.box_utils import batched_nms
 
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
-from weakseg_monai.transforms.dictionary import aligned_size, resample_volume
+from weakseg_monai.transforms.dictionary import aligned_size, normalise, resample_volume
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ def predict_block(
     shape = crop.shape
     working = [aligned_size(s * z, m) for s, z, m in zip(shape, zoom, network.coarse_stride)]
     x = resample_volume(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None], working)
-    low, high = intensity
-    x = (x - low) / (high - low) if high > low else x - low
+    x = normalise(x, *intensity)
     divisor = network.size_divisor()
     padded = [int(math.ceil(s / d) * d) for s, d in zip(working, divisor)]
     batch = F.pad(x[None].to(device), [p for s, t in reversed(list(zip(working, padded))) for p in (0, t - s)])

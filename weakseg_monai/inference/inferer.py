@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from monai.inferers import Inferer
 
+from weakseg_monai.conventions import as_count, as_fraction, as_size
 from weakseg_monai.data.datalist import flatten_items
 from weakseg_monai.inference.predictor import WeakSegPredictor
 
@@ -54,6 +55,26 @@ def prepare_instance_batch(batchdata, device=None, non_blocking: bool = False, *
     return images, labels, (), kwargs
 
 
+PREDICTOR_FLAGS = {"roi_size": "--sw_roi_size", "overlap": "--sw_overlap", "sw_batch_size": "--sw_batch_size",
+                   "max_whole_voxels": "--max_whole_voxels", "block_size": "--block_size"}
+
+
+def check_predictor_kwargs(kwargs: dict) -> dict:
+    """The predictor's sizes and counts, checked when the inferer is built (before any input is read), so a bad
+    ``--block_size "[0,0,0]"`` fails at once naming its flag instead of planning half a million blocks."""
+    checked = dict(kwargs)
+    for key, flag in PREDICTOR_FLAGS.items():
+        if key not in checked:
+            continue
+        if key in ("roi_size", "block_size"):
+            checked[key] = as_size(checked[key], flag)
+        elif key == "overlap":
+            checked[key] = as_fraction(checked[key], flag, 0.0, 1.0, high_open=True)
+        else:
+            checked[key] = as_count(checked[key], flag)
+    return checked
+
+
 class WeakSegInferer(Inferer):
     """Run a ``WeakSegPredictor`` (or subclass) built around the evaluator's network.
 
@@ -78,7 +99,7 @@ class WeakSegInferer(Inferer):
         self.predictor = predictor
         self.score_floor = score_floor
         self.record_errors = record_errors
-        self.predictor_kwargs = predictor_kwargs
+        self.predictor_kwargs = check_predictor_kwargs(predictor_kwargs)
         self._built: tuple[torch.nn.Module, WeakSegPredictor] | None = None
 
     def predictor_for(self, network: torch.nn.Module) -> WeakSegPredictor:

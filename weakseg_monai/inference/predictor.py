@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
+from weakseg_monai.conventions import as_count, as_fraction, as_size
 from weakseg_monai.networks.detector import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import compact_labels
 from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percentiles, check_working_size: re-exported)
     ToWorkingGridd,
     check_working_size,
+    outlier_warning,
     resample_volume,
     scale_percentiles,
 )
@@ -59,11 +61,11 @@ class WeakSegPredictor:
         block_size: Sequence[int] = (192, 192, 64),
     ) -> None:
         self.network = network
-        self.roi_size = tuple(int(r) for r in roi_size)
-        self.overlap = overlap
-        self.sw_batch_size = sw_batch_size
-        self.max_whole_voxels = max_whole_voxels
-        self.block_size = tuple(int(b) for b in block_size)
+        self.roi_size = as_size(roi_size, "--sw_roi_size")
+        self.overlap = as_fraction(overlap, "--sw_overlap", 0.0, 1.0, high_open=True)
+        self.sw_batch_size = as_count(sw_batch_size, "--sw_batch_size")
+        self.max_whole_voxels = as_count(max_whole_voxels, "--max_whole_voxels")
+        self.block_size = as_size(block_size, "--block_size")
         self.device = torch.device(device)
 
     @property
@@ -89,6 +91,9 @@ class WeakSegPredictor:
         array = image[0].numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
         lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
         low, high = np.percentile(array, [lower, upper])
+        warning = outlier_warning(array, low, high, upper, "input")
+        if warning:
+            logger.warning(warning)
         return predict_blockwise(
             self.network, array, zoom, (float(low), float(high)), self.block_size, device=self.device
         )

@@ -25,26 +25,28 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, MapTransform
 from monai.utils.enums import CommonKeys as Keys
 
-from weakseg_monai.conventions import as_flag
-from weakseg_monai.data.io import TIFF_SUFFIXES, is_nifti, read_volume, resolve_spacing, write_volume
+from weakseg_monai.conventions import as_flag, as_spacing
+from weakseg_monai.data.io import (
+    PREDICTION_SUFFIX,
+    VOLUME_SUFFIXES,
+    is_nifti,
+    nifti_affine,
+    read_volume,
+    resolve_spacing,
+    volume_stem,
+    write_volume,
+)
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
 from weakseg_monai.inference.predictor import scale_mismatch
+from weakseg_monai.transforms.dictionary import finite_float32
 
 logger = logging.getLogger(__name__)
-INPUT_SUFFIXES = (".nii", ".nii.gz", *TIFF_SUFFIXES)
+INPUT_SUFFIXES = VOLUME_SUFFIXES
 
 
-OUTPUT_SUFFIX = "_instances"  # NAME_instances.EXT, NAME_boxes.json, NAME_preview.png: a promise to readers
-
-
-def output_stem(path: Path) -> str:
-    """``NAME`` of ``NAME.nii.gz`` / ``NAME.ome.tif`` / ...: the stem every output of that input is named by."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+OUTPUT_SUFFIX = PREDICTION_SUFFIX  # NAME_instances.EXT, NAME_boxes.json, NAME_preview.png: a promise to readers
+output_stem = volume_stem  # the stem every output of an input is named by (``weakseg_monai.data.io``)
 
 
 def list_inputs(input_path: str | Path) -> list[Path]:
@@ -53,7 +55,7 @@ def list_inputs(input_path: str | Path) -> list[Path]:
 
     Raises before any work when two inputs would write the same outputs (``a.nii.gz`` and ``a.tif``).
     """
-    path = Path(input_path)
+    path = Path(str(input_path))  # a folder named by a number (2024) reaches us as an int from the command line
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -63,6 +65,11 @@ def list_inputs(input_path: str | Path) -> list[Path]:
     if ours:
         logger.info("%s: skipping %d earlier prediction(s) (*%s.*)", path, len(ours), OUTPUT_SUFFIX)
     files = [p for p in files if p not in ours]
+    if not files and ours:
+        raise FileNotFoundError(
+            f"{path} holds only earlier predictions ({len(ours)} *{OUTPUT_SUFFIX}.* files, skipped as outputs, e.g. "
+            f"{ours[0].name}): point --input_dir at the images"
+        )
     if not files:
         raise FileNotFoundError(f"no NIfTI or TIFF files in {path}")
     by_stem: dict[str, list[str]] = {}
@@ -129,11 +136,8 @@ def load_input(
         )
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ValueError(f"{path}: contains NaN or inf intensities")
-    affine = None
-    if is_nifti(path):
-        import nibabel as nib
-
-        affine = nib.load(str(path)).affine
+    array = finite_float32(array, str(path))
+    affine = nifti_affine(path) if is_nifti(path) else None
     return array, resolve_spacing(path, spacing), affine
 
 
@@ -195,6 +199,11 @@ class LoadInputd(MapTransform):
 
     def __init__(self, keys: str = "image", spacing: Sequence[float] | None = None) -> None:
         super().__init__(keys=keys)
+        if spacing is not None:
+            try:
+                spacing = as_spacing(spacing)
+            except (TypeError, ValueError):
+                raise ValueError(f"--spacing must be three positive numbers (x, y, z) in µm, got {spacing!r}") from None
         self.spacing = spacing
 
     def __call__(self, data: dict) -> dict:
@@ -204,7 +213,7 @@ class LoadInputd(MapTransform):
         d.update(path=str(path), error=None, spacing=None, affine=None)
         try:
             array, d["spacing"], d["affine"] = load_input(path, self.spacing)
-            d[key] = d["input_image"] = torch.from_numpy(array.astype(np.float32))[None]
+            d[key] = d["input_image"] = torch.from_numpy(array)[None]
         except (OSError, ValueError, RuntimeError) as err:
             d[key] = None
             d["error"] = str(err)
@@ -227,10 +236,11 @@ class PredictionWriter:
     """
 
     def __init__(self, output_dir: str | Path, preview: bool = True) -> None:
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(str(output_dir))
         self.preview = as_flag(preview, "preview")
         self.summaries: list[dict] = []
         self.failures: list[str] = []
+        self.outcomes: list[tuple[str, str]] = []  # (input, what became of it), in order, for the final table
         self._previous_handler = None
 
     def attach(self, engine: Engine) -> None:
@@ -241,7 +251,7 @@ class PredictionWriter:
 
     def started(self, engine: Engine) -> None:
         check_output_dir(self.output_dir)
-        self.summaries, self.failures = [], []
+        self.summaries, self.failures, self.outcomes = [], [], []
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, _exit_on_signal)
 
@@ -262,6 +272,7 @@ class PredictionWriter:
                 message = error if str(path) in error else f"{path}: {error}"  # no path twice
                 logger.error("%s %s", number, message)
                 self.failures.append(message)
+                self.outcomes.append((str(path), f"FAILED: {error.replace(str(path) + ': ', '')}"))
                 continue
             if hasattr(engine.network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
                 warning = scale_mismatch(pred["boxes"], item["spacing"], engine.network)
@@ -270,6 +281,7 @@ class PredictionWriter:
             n, seconds = len(pred["boxes"]), float(pred.get("seconds", float("nan")))
             logger.info("%s %s: %d instances in %.1f s -> %s", number, path.name, n, seconds, written["instances"])
             self.summaries.append({"image": str(path), "instances": n, "seconds": seconds})
+            self.outcomes.append((str(path), f"{n} instances -> {written['instances']}"))
 
     def restore_signal(self) -> None:
         if self._previous_handler is not None:
@@ -280,7 +292,11 @@ class PredictionWriter:
         self.restore_signal()
         if self.failures:
             total = len(self.failures) + len(self.summaries)
-            raise RuntimeError(f"{len(self.failures)} of {total} inputs failed:\n  " + "\n  ".join(self.failures))
+            rows = "\n".join(f"| {path} | {outcome} |" for path, outcome in self.outcomes)
+            written = " (the others were written)" if self.summaries else ""
+            raise RuntimeError(
+                f"{len(self.failures)} of {total} inputs failed{written}:\n| input | result |\n|---|---|\n{rows}"
+            )
 
     def exception_raised(self, engine: Engine, err: Exception) -> None:
         self.restore_signal()

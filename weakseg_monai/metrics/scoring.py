@@ -7,27 +7,47 @@ from pathlib import Path
 import numpy as np
 
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
-from weakseg_monai.data.io import read_volume
-from weakseg_monai.inference.writer import INPUT_SUFFIXES, output_stem
+from weakseg_monai.data.io import PREDICTION_SUFFIX, VOLUME_SUFFIXES, read_volume, volume_stem
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, detection_recall_by_face, segmentation_f1
 
 
+def prediction_files(pred_dir: str | Path) -> dict[str, Path]:
+    """``NAME -> file`` of the predictions in ``pred_dir``: our outputs ``NAME_instances.*`` when the folder holds
+    any (the images they were made from may sit beside them), else every label volume by its own name (another
+    tool's outputs). Refuses a folder with two candidates for one NAME (``a_instances.nii.gz`` and
+    ``a_instances.tif``) instead of letting directory order pick one."""
+    folder = Path(str(pred_dir))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--pred {folder}: no such folder")
+    volumes = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+               and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    ours = [p for p in volumes if volume_stem(p).endswith(PREDICTION_SUFFIX)]
+    found: dict[str, list[Path]] = {}
+    for p in ours or volumes:
+        found.setdefault(volume_stem(p).removesuffix(PREDICTION_SUFFIX), []).append(p)
+    ambiguous = {name: paths for name, paths in found.items() if len(paths) > 1}
+    if ambiguous:
+        listed = "; ".join(" and ".join(p.name for p in paths) for paths in ambiguous.values())
+        raise ValueError(f"{folder}: more than one prediction of the same volume ({listed}): keep one of each")
+    return {name: paths[0] for name, paths in found.items()}
+
+
 def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Pairs (gt, pred): a prediction ``NAME_instances.*`` or ``NAME.*`` for each ground truth ``NAME[_gt].*``."""
-    preds = {}
-    for p in Path(pred_dir).iterdir():
-        if p.name.lower().endswith(INPUT_SUFFIXES):
-            preds[output_stem(p).removesuffix("_instances")] = p
+    """Pairs (gt, pred): the prediction (``prediction_files``) named ``NAME`` for each ground truth ``NAME[_gt].*``."""
+    preds = prediction_files(pred_dir)
+    gt_folder = Path(str(gt_dir))
+    if not gt_folder.is_dir():
+        raise FileNotFoundError(f"--gt {gt_folder}: no such folder")
     pairs, missing = [], []
-    for g in sorted(Path(gt_dir).iterdir()):
-        if not g.name.lower().endswith(INPUT_SUFFIXES):
+    for g in sorted(gt_folder.iterdir()):
+        if g.name.startswith(".") or not g.name.lower().endswith(VOLUME_SUFFIXES):
             continue
-        stem = output_stem(g)
+        stem = volume_stem(g)
         match = preds.get(stem) or preds.get(stem.removesuffix("_gt"))
         (pairs.append((g, match)) if match else missing.append(g.name))
     if missing:
-        raise FileNotFoundError(f"no prediction for {len(missing)} ground-truth files, e.g. {missing[:3]}")
+        raise FileNotFoundError(f"no prediction in {pred_dir} for {len(missing)} ground-truth files: {missing[:3]}")
     if not pairs:
         raise FileNotFoundError(f"no label volumes in {gt_dir}")
     return pairs
@@ -72,7 +92,7 @@ def score_folders(gt_dir: str | Path, pred_dir: str | Path) -> dict:
         gt, pred = read_volume(g), read_volume(p)
         if gt.shape != pred.shape:
             raise ValueError(f"{p.name}: shape {pred.shape} differs from the ground truth {gt.shape}")
-        rows.append({"id": output_stem(g), **score_pair(gt, pred)})
+        rows.append({"id": volume_stem(g), **score_pair(gt, pred)})
     keys = [k for k in rows[0] if k != "id"]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys if k not in POOLED}
     for key, count in zip(POOLED, ("n_face_cut", "n_whole")):

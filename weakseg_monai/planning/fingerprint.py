@@ -16,7 +16,8 @@ import torch
 from monai.data.box_utils import box_iou
 
 from weakseg_monai.data.datalist import load_section
-from weakseg_monai.data.io import read_volume, resolve_spacing
+from weakseg_monai.data.io import read_volume, resolve_spacing, volume_shape
+from weakseg_monai.data.validate import duplicate_boxes
 from weakseg_monai.transforms.dictionary import working_shape
 from weakseg_monai.utils.boxes import touches_face
 
@@ -46,6 +47,7 @@ class DatasetFingerprint:
             measure 0.28-0.60 on the generalisation suite; a cell-wall / membrane stain (dark interiors in a
             tissue that is all cells) 0.08. ``None`` when no box was measurable.
         n_face_cut: boxes with a voxel on a face of their volume (only their visible part is boxed).
+        largest_volume_um3: the largest training volume's extent in µm³ (bounds the working grid).
         object_sizes_from: "whole" when the object sizes above come from the objects no face cuts (at least
             ``MIN_WHOLE_OBJECTS`` of them), else "all": a face-cut sliver says nothing about an object's size.
     """
@@ -66,6 +68,7 @@ class DatasetFingerprint:
     object_core_contrast: float | None = None
     n_face_cut: int = 0
     object_sizes_from: str = "all"
+    largest_volume_um3: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,22 +92,17 @@ class VolumeBoxes:
 
 
 def training_volumes(dataset_dir: str | Path) -> list[VolumeBoxes]:
-    """Boxes, size and spacing of every training item (sizes from the file headers where the format allows)."""
+    """Boxes, size and spacing of every training item (sizes from the file headers where the format allows);
+    duplicate boxes (IoU >= 0.95 within an item) are counted once."""
     volumes = []
     for item in load_section(dataset_dir, "training"):
         boxes = np.asarray(item.get("box", []), dtype=np.float64).reshape(-1, 6)
+        twins = {j for _, j in duplicate_boxes(boxes)} if len(boxes) > 1 else set()
+        if twins:  # one object annotated twice counts once (``validate`` warns about it)
+            boxes = boxes[[k for k in range(len(boxes)) if k not in twins]]
         spacing = tuple(float(v) for v in resolve_spacing(item["image"], item.get("spacing")))
-        volumes.append(VolumeBoxes(boxes, _volume_shape(item["image"]), spacing))  # type: ignore[arg-type]
+        volumes.append(VolumeBoxes(boxes, volume_shape(item["image"]), spacing))  # type: ignore[arg-type]
     return volumes
-
-
-def _volume_shape(path: str) -> tuple[int, int, int]:
-    """(x, y, z) voxel size of a volume, from the header where the format allows it."""
-    if path.lower().endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        return tuple(int(s) for s in nib.load(path).shape[:3])  # type: ignore[return-value]
-    return tuple(int(s) for s in read_volume(path).shape[:3])  # type: ignore[return-value]
 
 
 def _max_other_iou(boxes: np.ndarray) -> np.ndarray:
@@ -163,6 +161,7 @@ def dataset_fingerprint(dataset_dir: str | Path, volumes: list[VolumeBoxes] | No
         object_core_contrast=round(float(np.median(core_contrasts)), 4) if core_contrasts else None,
         n_face_cut=int((~is_whole).sum()),
         object_sizes_from="whole" if sized is not sizes else "all",
+        largest_volume_um3=round(max(float(np.prod(np.asarray(v.shape) * np.asarray(v.spacing))) for v in volumes), 1),
     )
 
 

@@ -6,7 +6,8 @@ The architecture stays fixed (one checkpoint contract: ``model.pt`` is a plain s
 - ``working_spacing``: the network's strides, anchors and RoI sizes were built for objects of about
   ``TARGET_OBJECT_VOXELS`` (18 x 18 x 9 voxels: ~10 µm HL60 nuclei at 0.5 x 0.5 x 1 µm). Where the native
   spacing puts the median object inside ``KEEP_BAND`` the data keeps its own spacing (no needless
-  interpolation), else it is resampled so the median object lands on the target. z may stay coarser.
+  interpolation), else it is resampled so the median object lands on the target. z may stay coarser. No
+  training volume grows past ``MAX_WORKING_VOXELS`` (tiny objects in a large volume get a coarser grid).
 - ``patch_size``: at least the architecture's 64 x 64 x 32, at least 2.5 objects across, at most the volume.
 - ``anchor_shapes``: k-means of the whole objects' boxes at the working spacing, plus the shapes the objects cut by
   a volume face need (slivers): at least 95% of the face-cut and of the whole boxes get an anchor the matcher calls
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weakseg_monai.conventions import as_flag
+from weakseg_monai.conventions import as_count, as_flag, as_fraction, as_size, as_spacing
 from weakseg_monai.networks.detector import DEFAULT_STRIDES, DETECTION_STRIDE, POSITIVE_IOU
 from weakseg_monai.planning.fingerprint import (
     MIN_WHOLE_OBJECTS,
@@ -46,6 +47,8 @@ from weakseg_monai.utils.anchors import anchor_hits, anchor_shapes_covering, anc
 logger = logging.getLogger(__name__)
 
 TARGET_OBJECT_VOXELS = (18.0, 18.0, 9.0)
+# no training volume grows past this many voxels at the working spacing (cached as float32 image + int32 labels)
+MAX_WORKING_VOXELS = 48_000_000
 KEEP_BAND = ((12.0, 28.0), (12.0, 28.0), (5.0, 14.0))
 BASE_PATCH = (64, 64, 32)
 MAX_PATCH = (128, 128, 64)
@@ -75,6 +78,11 @@ def plan_working_spacing(fingerprint: DatasetFingerprint) -> list[float]:
     if not lo <= z_vox <= hi:
         spacing[2] = size_um[2] / TARGET_OBJECT_VOXELS[2]
     spacing[2] = max(spacing[2], spacing[:2].max())
+    largest = float(fingerprint.largest_volume_um3 or 0.0)
+    if largest / float(np.prod(spacing)) > MAX_WORKING_VOXELS:
+        # tiny objects in a large volume: a coarser grid (objects below the target size) rather than a volume
+        # that does not fit in memory
+        spacing *= (largest / float(np.prod(spacing)) / MAX_WORKING_VOXELS) ** (1.0 / 3.0)
     return [_round_sig(v) for v in spacing]
 
 
@@ -303,16 +311,43 @@ class TrainingPlanner:
         }
 
     def save(self, output_dir: str | Path, used: Mapping[str, object]) -> Path:
-        """Log the plan as a table and write ``output_dir/plan.json`` (never into the dataset folder)."""
+        """Check the values this run uses (``check_used``), log the plan as a table and write
+        ``output_dir/plan.json`` (never into the dataset folder)."""
+        used = check_used(used)
         report = self.report(used)
         logger.info("training plan for %s\n%s", self.dataset_dir, format_plan(report))
         for warning in report["warnings"]:
             logger.warning("%s: %s", self.dataset_dir, warning)
-        path = Path(output_dir) / PLAN_FILE
+        path = Path(str(output_dir)) / PLAN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         logger.info("plan written to %s", path)
         return path
+
+
+def check_used(used: Mapping[str, object]) -> dict:
+    """The plan values a run uses, checked before anything is built: a bad command-line value fails here naming
+    its flag (``--iterations 0`` used to end in Ignite's "Argument max_epochs is invalid", ``--val_interval 0`` in a
+    ZeroDivisionError)."""
+    checked = dict(used)
+    for key in ("iterations", "val_interval", "batch_size"):
+        if key in checked:
+            checked[key] = as_count(checked[key], f"--{key}")
+    if "patch_size" in checked:
+        patch = as_size(checked["patch_size"], "--patch_size")
+        if any(p % d for p, d in zip(patch, SIZE_DIVISOR)):
+            raise ValueError(f"--patch_size must be a multiple of {list(SIZE_DIVISOR)} (x, y, z), got {list(patch)}")
+        checked["patch_size"] = list(patch)
+    if "working_spacing" in checked:
+        try:
+            checked["working_spacing"] = list(as_spacing(checked["working_spacing"]))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"--working_spacing must be three positive numbers (x, y, z) in µm, got {checked['working_spacing']!r}"
+            ) from None
+    if checked.get("mask_fraction") is not None:
+        checked["mask_fraction"] = as_fraction(checked["mask_fraction"], "--mask_fraction")
+    return checked
 
 
 def data_warnings(fingerprint: DatasetFingerprint) -> list[str]:

@@ -25,7 +25,7 @@ from monai.apps.detection.transforms.dictionary import RandRotateBox90d, RandZoo
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from weakseg_monai.conventions import as_boxes, as_spacing
+from weakseg_monai.conventions import as_boxes, as_count, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
@@ -96,7 +96,7 @@ class LoadWeakAnnotationd(MapTransform):
         if instances.shape != spatial:
             raise ValueError(f"item {name}: mask shape {instances.shape} differs from the image {spatial}")
 
-        d["image"] = image.to(torch.float32)
+        d["image"] = torch.from_numpy(finite_float32(image.numpy(), image_path))
         d["instances"] = torch.from_numpy(instances[None])
         if self.load_gt and gt is not None:
             d["gt_instances"] = torch.from_numpy(gt[None])
@@ -204,15 +204,53 @@ class ResampleToSpacingd(MapTransform):
         return d
 
 
+# normalised intensities are clamped to this range, in training and inference alike: a handful of saturated or
+# corrupt voxels (a 3 x 3 patch of 65535 in a uint16 stack normalises to ~700) otherwise dominate the network's
+# group-norm statistics over the whole volume and wipe out every detection. Nuclei stay far inside it (at most 1.73
+# on every dataset of the generalisation suite); training's ScaleIntensityRanged in train.json uses the same numbers.
+INTENSITY_CLAMP = (-1.0, 5.0)
+FLOAT32_SAFE = 1e30  # raw values beyond +-this are clipped before any float32 arithmetic (resampling sums them)
+
+
+def normalise(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``(x - low) / (high - low)`` clamped to ``INTENSITY_CLAMP`` (a shift only for a constant image, MONAI's
+    rule)."""
+    x = (x - float(low)) / float(high - low) if high > low else x - float(low)
+    return x.float().clamp(*INTENSITY_CLAMP)
+
+
 def scale_percentiles(x: torch.Tensor, lower: float, upper: float) -> torch.Tensor:
-    """``(x - p_lower) / (p_upper - p_lower)``: MONAI's ``ScaleIntensityRangePercentiles(lower, upper, 0, 1,
-    clip=False)`` as the training pipeline applies it, with both percentiles from one ``np.percentile``
+    """MONAI's ``ScaleIntensityRangePercentiles(lower, upper, 0, 1, clip=False)`` as the training pipeline applies
+    it, then the clamp to ``INTENSITY_CLAMP`` (``normalise``), with both percentiles from one ``np.percentile``
     (partition, O(n)); MONAI takes ``torch.quantile`` below 1 M voxels, which sorts (~60 ms for a SIM+ stack at
     the working spacing)."""
     low, high = np.percentile(x.numpy(), [lower, upper])
-    if high == low:  # MONAI's rule for a constant image: shift only
-        return (x - float(low)).float()
-    return ((x - float(low)) / float(high - low)).float()
+    return normalise(x, low, high)
+
+
+def outlier_warning(x: torch.Tensor, low: float, high: float, upper: float, name: str) -> str | None:
+    """A warning naming ``name`` when voxels of ``x`` normalise above the clamp: what was measured, what was done."""
+    limit = float(low) + INTENSITY_CLAMP[1] * float(high - low)
+    above = x > limit
+    count = int(above.sum())
+    if not count or high <= low:
+        return None
+    return (
+        f"{name}: {count} voxel(s) lie far above the bulk of the image (up to {float(x.max()):.4g}; its "
+        f"{upper:g}th percentile is {float(high):.4g}, its range {float(high - low):.4g}); clamped to "
+        f"{limit:.4g} so they do not swamp the rest (saturated or corrupt voxels?)"
+    )
+
+
+def finite_float32(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as float32 with values beyond +-``FLOAT32_SAFE`` clipped (a float64 1e300 would become inf, a
+    float32 3e38 overflows in resampling), warning with ``name`` when it clipped anything."""
+    if array.dtype.kind == "f" and array.size and float(np.max(np.abs(array))) > FLOAT32_SAFE:
+        count = int((np.abs(array) > FLOAT32_SAFE).sum())
+        logger.warning("%s: %d voxel(s) beyond +-%g (up to %.4g): clipped before float32 arithmetic", name, count,
+                       FLOAT32_SAFE, float(np.max(np.abs(array))))
+        array = np.clip(array, -FLOAT32_SAFE, FLOAT32_SAFE)
+    return array.astype(np.float32, copy=False)
 
 
 def physical_memory_bytes() -> int:
@@ -257,13 +295,22 @@ class ToWorkingGridd(MapTransform):
     def __init__(self, network: torch.nn.Module, max_voxels: int | None = None, keys: KeysCollection = "image") -> None:
         super().__init__(keys)
         self.network = network
-        self.max_voxels = max_voxels
+        self.max_voxels = None if max_voxels is None else as_count(max_voxels, "--max_whole_voxels")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         key = self.first_key(d)
         if d.get(key) is None:  # an input that failed to load (``LoadInputd``): nothing to do
             return d
+        if "error" not in d:  # a training / validation item: a failure stops the run
+            return self._to_working_grid(d, key)
+        try:  # an inference input (``LoadInputd``): its failure is recorded and the run goes on with the others
+            return self._to_working_grid(d, key)
+        except (ValueError, RuntimeError, OSError) as err:
+            d[key], d["error"] = None, str(err)
+            return d
+
+    def _to_working_grid(self, d: dict, key: Hashable) -> dict:
         module = getattr(self.network, "module", self.network)
         working_spacing = module.working_spacing.tolist()
         original = tuple(int(s) for s in d[key].shape[1:])
@@ -273,7 +320,11 @@ class ToWorkingGridd(MapTransform):
         if not blockwise:
             d[key] = resample_volume(torch.as_tensor(d[key], dtype=torch.float32), new)
             lower, upper = (float(v) for v in module.intensity_percentiles.tolist())
-            d[key] = scale_percentiles(d[key], lower, upper)
+            low, high = np.percentile(d[key].numpy(), [lower, upper])
+            warning = outlier_warning(d[key], low, high, upper, str(d.get("path") or d.get("id") or "input"))
+            if warning:
+                logger.warning(warning)
+            d[key] = normalise(d[key], low, high)
         d["working_grid"] = {"zoom": zoom, "original_shape": original, "blockwise": blockwise}
         return d
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-WRAPPER_MARKERS = ("Failed to evaluate", "Failed to instantiate", "Component to instantiate must represent")
+# MONAI's config evaluation and its ``apply_transform`` ("applying transform <...ToWorkingGridd object at 0x...>")
+WRAPPER_MARKERS = (
+    "Failed to evaluate",
+    "Failed to instantiate",
+    "Component to instantiate must represent",
+    "applying transform",
+)
 
 
 def root_cause(error: BaseException) -> BaseException:
