@@ -83,3 +83,20 @@ def test_float_and_large_labels_take_the_general_path():
     big = np.where(pred > 0, pred + 100_000_000, 0)
     assert segmentation_f1(gt, big, 0.3) == fast
     assert ctc_seg(gt, big) == pytest.approx(ctc_seg(gt, pred))
+
+
+def test_recall_is_split_between_objects_a_face_cuts_and_whole_ones():
+    from weakseg_monai.metrics.instance import detection_recall_by_face
+    from weakseg_monai.metrics.scoring import score_pair
+
+    gt = np.zeros((32, 32, 16), dtype=np.int32)
+    gt[0:3, 5:15, 4:10] = 1  # a sliver at the x = 0 face, found
+    gt[20:30, 20:30, 15:16] = 2  # cut by the z face, missed
+    gt[10:18, 18:26, 4:10] = 3  # whole, found
+    pred = np.where(gt == 2, 0, gt)
+    counts = detection_recall_by_face(
+        np.array([[0, 5, 4, 3, 15, 10], [20, 20, 15, 30, 30, 16], [10, 18, 4, 18, 26, 10]]),
+        np.array([[0, 5, 4, 3, 15, 10], [10, 18, 4, 18, 26, 10]]), gt.shape)
+    assert counts == {"tp_face_cut": 1, "n_face_cut": 2, "tp_whole": 1, "n_whole": 1}
+    row = score_pair(gt, pred)
+    assert (row["recall_face_cut"], row["recall_whole"], row["n_face_cut"], row["n_whole"]) == (0.5, 1.0, 2, 1)
