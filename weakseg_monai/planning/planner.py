@@ -9,7 +9,7 @@ The architecture stays fixed (one checkpoint contract: ``model.pt`` is a plain s
   interpolation), else it is resampled so the median object lands on the target. z may stay coarser. No
   training volume grows past ``MAX_WORKING_VOXELS`` (tiny objects in a large volume get a coarser grid).
 - ``patch_size``: at least the architecture's 64 x 64 x 32, at least 2.5 objects across, at most the volume.
-- ``anchor_shapes``: k-means of the whole objects' boxes at the working spacing, plus the shapes the objects cut by
+- ``anchor_shapes``: k-means of all training boxes at the working spacing, plus the shapes the objects cut by
   a volume face need (slivers): at least 95% of the face-cut and of the whole boxes get an anchor the matcher calls
   positive (``plan_anchor_shapes``; the share is in the plan table).
 - ``iterations`` / ``val_interval``: optimizer steps by dataset size, a CPU-friendly budget.
