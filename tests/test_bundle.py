@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -248,6 +249,19 @@ def test_the_bundle_ships_its_model_files_itself_and_the_torchscript_matches_the
     eager = shipped_model().network(x)
     for value, key in zip(scripted(x), ("cls_logits", "box_regression", "fine", "coarse"), strict=True):
         assert torch.allclose(value, eager[key], atol=1e-5), f"models/model.ts is stale ({key}): re-export it"
+
+
+def test_train_json_tells_the_calibrator_when_it_validates_on_training_volumes(tiny_bundle_data, tmp_path):
+    """``seen_data`` follows the datalist: False with a validation section, True without one."""
+    held_out = _workflow("train.json", bundle_root=str(tmp_path / "a"), dataset_dir=str(tiny_bundle_data))
+    assert held_out.parser.get_parsed_content("validate#handlers#0").seen_data is False
+    no_validation = tmp_path / "data"
+    shutil.copytree(tiny_bundle_data, no_validation)
+    datalist = json.loads((no_validation / "datalist.json").read_text())
+    datalist.pop("validation")
+    (no_validation / "datalist.json").write_text(json.dumps(datalist))
+    seen = _workflow("train.json", bundle_root=str(tmp_path / "b"), dataset_dir=str(no_validation))
+    assert seen.parser.get_parsed_content("validate#handlers#0").seen_data is True
 
 
 @pytest.mark.slow

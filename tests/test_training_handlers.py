@@ -117,6 +117,18 @@ def test_calibrator_picks_the_f1_optimal_threshold_into_the_network_buffer():
     assert evaluator.state.metrics["score_thresh"] == pytest.approx(float(model.score_thresh))
 
 
+def test_calibrator_takes_the_middle_of_the_near_best_range_when_validating_on_seen_data():
+    """F1 is best from 0.30 to 0.55: held-out validation takes the top, the training volumes the middle."""
+    pred, gt = _item_with_scored_boxes()
+    for seen_data, expected in ((False, 0.55), (True, 0.4)):
+        model = _small_model()
+        evaluator = Engine(lambda e, b: {"pred": [pred], "label": [gt]})
+        ScoreThresholdCalibrator(model, seen_data=seen_data).attach(evaluator)
+        evaluator.run([0], max_epochs=1)
+        assert float(model.score_thresh) == pytest.approx(expected), f"seen_data={seen_data}"
+        assert evaluator.state.metrics["val_det_f1"] == pytest.approx(0.8)
+
+
 def test_inference_spacing_overrides_the_file_and_a_guess_is_named(tmp_path, caplog):
     """A TIFF without metadata is read at 1 µm with a warning naming it, unless ``spacing`` is given."""
     inputs = tmp_path / "in"

@@ -138,6 +138,12 @@ def load_validation_items(dataset: str | Path) -> list[dict]:
     return load_section(dataset, "training")
 
 
+def validates_on_training(dataset: str | Path) -> bool:
+    """True when the datalist has no ``validation`` items, so ``load_validation_items`` returns the training ones
+    (``ScoreThresholdCalibrator(seen_data=...)`` then calibrates for data the model has not seen)."""
+    return not load_section(dataset, "validation")
+
+
 def flatten_items(batchdata) -> list[dict]:
     """The item dicts of a ``no_collation`` batch (a dict, or nested lists of crops / items)."""
     if isinstance(batchdata, dict):
