@@ -230,9 +230,10 @@ def test_ckpt_export_scripts_the_dense_network(tmp_path):
 
 def test_the_shipped_model_pt_holds_every_entry_of_the_models_state_dict():
     shipped = torch.load(SHIPPED, map_location="cpu", weights_only=True)
-    expected = WeakInstanceSegNet().state_dict()
-    assert sorted(shipped) == sorted(expected), "re-save model.pt with every parameter and buffer"
-    assert all(shipped[k].shape == v.shape for k, v in expected.items())
+    assert sorted(shipped) == sorted(WeakInstanceSegNet().state_dict()), "re-save model.pt with every entry"
+    model = WeakInstanceSegNet()
+    model.load_state_dict(shipped)  # strict; the head takes the plan's anchor count from the checkpoint
+    assert len(shipped["anchor_shapes"]) == model.network.head.num_anchors
 
 
 def test_the_bundle_ships_its_model_files_itself_and_the_torchscript_matches_the_weights():

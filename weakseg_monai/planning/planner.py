@@ -154,7 +154,7 @@ def plan_batch_size(patch_size: Sequence[int]) -> int:
 
 
 def plan_iterations(fingerprint: DatasetFingerprint) -> int:
-    """Optimizer steps: 1200 for a few dozen objects, up to 2000 for hundreds (~10-15 min on 2 CPU cores)."""
+    """Optimizer steps: 1200 for a few dozen objects, up to 2000 for hundreds (measured 3-7 min on 2 CPU cores)."""
     steps = int(np.clip(1000 + 4 * fingerprint.n_objects, 1200, 2000))
     return steps // 100 * 100
 
