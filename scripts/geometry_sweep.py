@@ -8,6 +8,7 @@ resumes, and ``--only`` reruns chosen cases. The table is printed and written be
 and ``<!-- geometry:end -->`` in ``bundle/docs/results.md``.
 
     python scripts/geometry_sweep.py [--n 50] [--only case003,case017] [--force] [--work runs/geometry_sweep]
+        [--case-timeout 900]
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def last_error(text: str) -> str:
     return (ours or errors or lines or ["no output"])[-1][:300]
 
 
-def run_case(seed: int, work: Path) -> dict:
-    """Write, plan, train 2 iterations and infer one case; a row of what happened."""
+def run_case(seed: int, work: Path, timeout_s: float = 900.0) -> dict:
+    """Write, plan, train 2 iterations and infer one case; a row of what happened (a step running past
+    ``timeout_s`` is killed and is a row too: a hang must not stop the sweep)."""
     case = draw_case(seed, AXIS_VOX, OBJECT_VOX)
     folder = work / case.name
     shutil.rmtree(folder, ignore_errors=True)
@@ -67,7 +69,12 @@ def run_case(seed: int, work: Path) -> dict:
     }
     for name, cmd in steps.items():
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        try:
+            done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            row[f"{name}_s"] = round(time.perf_counter() - start, 1)
+            row["status"] = f"{name} killed after {timeout_s:.0f} s (--case-timeout)"
+            return row
         row[f"{name}_s"] = round(time.perf_counter() - start, 1)
         if done.returncode != 0:
             row["status"] = f"{name} failed (exit {done.returncode}): {last_error(done.stdout + done.stderr)}"
@@ -118,10 +125,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "geometry_sweep")
     parser.add_argument("--results", type=Path, default=REPO / "runs" / "geometry_sweep.json")
     parser.add_argument("--no-doc", action="store_true", help=f"do not write the table into {DOC.name}")
+    parser.add_argument("--case-timeout", type=float, default=900.0, help="seconds per step before it is killed")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        print(json.dumps(run_case(args.worker, args.work)))
+        print(json.dumps(run_case(args.worker, args.work, args.case_timeout)))
         return
     wanted = [w.strip().removeprefix("case") for w in args.only.split(",") if w.strip()]
     seeds = [int(w) for w in wanted] if wanted else list(range(args.n))
@@ -132,6 +140,7 @@ def main() -> None:
             continue
         print(f"[{name}] {draw_case(seed, AXIS_VOX, OBJECT_VOX)}", flush=True)
         cmd = [sys.executable, __file__, "--worker", str(seed), "--work", str(args.work)]
+        cmd += ["--case-timeout", str(args.case_timeout)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         try:
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
