@@ -125,8 +125,9 @@ def plan_anchor_shapes(volumes: Sequence[VolumeBoxes], working_spacing: Sequence
     they are most of what the detector must match), then as many as ``MAX_ANCHOR_SHAPES`` added until
     ``MIN_ANCHOR_SHARE`` of the face-cut and of the whole boxes have a positive anchor (``anchor_shapes_covering``).
 
-    Measured (``scripts/generalisation.py``, crowd, seeds 0-2): k-means of the whole objects alone, with the same
-    coverage rule, cost 0.07 Det F1 where 78% of the training boxes are face-cut."""
+    Measured (``scripts/generalisation.py``, crowd, where 78% of the training boxes are face-cut): k-means of the
+    whole objects alone, with the same coverage rule, gave Det F1 0.829 (mean of seeds 0-2) against 0.928 for the
+    recipe before face-cut anchors; this rule gives 0.962 (seed 0)."""
     pairs, boxes, cut, sized = _anchor_geometry(volumes, working_spacing)
     base = anchor_shapes_from_boxes(boxes, 3)
     return anchor_shapes_covering(
