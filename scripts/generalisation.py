@@ -454,7 +454,21 @@ def markdown_table(results: dict) -> str:
     )
     if cpus:
         text += f" Machine: {', '.join(sorted(cpus))}."
-    return text + "".join(f"\n\n{note}" for note in notes)
+    return text + f" {run_dates(results)}" + "".join(f"\n\n{note}" for note in notes)
+
+
+def run_dates(results: dict) -> str:
+    """Which rows of each method ran on which day (a cached table mixes runs)."""
+    parts = []
+    for method, title in zip(METHODS, ("ours", "boxes only", "StarDist")):
+        days: dict[str, list[str]] = {}
+        for name in [n for n in SUITE if n in results]:
+            entry = results[name].get(method) or {}
+            if entry.get("date"):
+                days.setdefault(entry["date"], []).append(name)
+        if days:
+            parts.append(f"{title} " + ", ".join(f"{d} ({', '.join(names)})" for d, names in sorted(days.items())))
+    return ("Run dates: " + "; ".join(parts) + ".") if parts else ""
 
 
 # ---------------------------------------------------------------- main
