@@ -214,3 +214,24 @@ def test_training_clamps_normalised_intensities_as_inference_does():
     assert (clamp["a_min"], clamp["a_max"]) == (clamp["b_min"], clamp["b_max"]) == INTENSITY_CLAMP and clamp["clip"]
     x = torch.tensor([0.0, 100.0, 1e6, -1e6])
     np.testing.assert_allclose(normalise(x, 0.0, 100.0).numpy(), [0.0, 1.0, 5.0, -1.0])
+
+
+@pytest.mark.parametrize("whole_box", [True, False])
+def test_bounded_box_crop_draws_the_centres_monai_draws_from_one_mask_channel(whole_box):
+    """Same crop centres as MONAI's ``RandCropBoxByPosNegLabeld`` on the same random stream, boxes near every face."""
+    from monai.apps.detection.transforms.dictionary import RandCropBoxByPosNegLabeld
+
+    from weakseg_monai.transforms import BoundedRandCropBoxByPosNegLabeld
+
+    rng = np.random.default_rng(3)
+    size = (40, 36, 20)
+    start = rng.uniform(-3, np.array(size) - 2, size=(25, 3))
+    boxes = np.concatenate([start, start + rng.uniform(1.5, 9, size=(25, 3))], axis=1)
+    kwargs = dict(image_keys="image", box_keys="box", label_keys="label", spatial_size=(16, 16, 8),
+                  whole_box=whole_box, num_samples=6, pos=1, neg=1)
+    ours, monai = BoundedRandCropBoxByPosNegLabeld(**kwargs), RandCropBoxByPosNegLabeld(**kwargs)
+    for transform in (ours, monai):
+        transform.set_random_state(seed=11)
+        transform.spatial_size = transform.spatial_size_
+        transform.randomize(boxes, size)
+    assert [tuple(map(int, c)) for c in ours.centers] == [tuple(map(int, c)) for c in monai.centers]

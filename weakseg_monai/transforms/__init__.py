@@ -1,6 +1,7 @@
 """MONAI-style dictionary transforms for weak annotation (loading, working spacing, crop bookkeeping)."""
 
 from weakseg_monai.transforms.dictionary import (
+    BoundedRandCropBoxByPosNegLabeld,
     InstancesToSemanticd,
     LoadWeakAnnotationd,
     MarkCutBoxesd,
@@ -13,6 +14,7 @@ from weakseg_monai.transforms.dictionary import (
 )
 
 __all__ = [
+    "BoundedRandCropBoxByPosNegLabeld",
     "InstancesToSemanticd",
     "LoadWeakAnnotationd",
     "MarkCutBoxesd",
