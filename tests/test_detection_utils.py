@@ -38,6 +38,21 @@ def test_matching_follows_the_paper():
     assert match_anchors(anchors, torch.zeros(0, 6)).tolist() == [NEGATIVE] * 5
 
 
+
+def test_adaptive_matching_gives_a_sliver_no_anchor_fits_several_positives_and_leaves_a_fitting_box_alone():
+    """A box cut to 3 voxels in z (IoU <= 0.4 with every anchor shape) gets one positive by the paper's rule and
+    several with MONAI's ATSS positives added; a box the shapes fit keeps almost the paper's positives."""
+    shapes = [[8, 8, 4], [16, 12, 6], [10, 18, 8], [6, 8, 8]]
+    anchors = make_anchor_generator(shapes)(torch.zeros(1, 1, 64, 64, 16), [torch.zeros(1, 1, 16, 16, 8)])[0]
+    sliver = torch.tensor([[11.0, 9.0, 0.0, 28.0, 26.0, 3.0]])
+    fitting = torch.tensor([_box(34, 34, 8, 16, 12, 6)])
+    paper = match_anchors(anchors, sliver)
+    union = match_anchors(anchors, sliver, adaptive=(9, len(shapes)))
+    assert int((paper >= 0).sum()) <= 2 and int((union >= 0).sum()) >= 5
+    assert ((union >= 0) | (paper < 0)).all()  # the paper's positives stay positive
+    paper, union = match_anchors(anchors, fitting), match_anchors(anchors, fitting, adaptive=(9, len(shapes)))
+    assert int((union >= 0).sum()) - int((paper >= 0).sum()) <= 2
+
 def test_sampling_hard_negatives_and_ratio():
     matched = torch.tensor([0, -1, -1, -1, -1, -1, -1, -1, -2, 1])
     scores = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.0, 0.3, 0.05, 0.99, 0.5])

@@ -235,3 +235,47 @@ def test_bounded_box_crop_draws_the_centres_monai_draws_from_one_mask_channel(wh
         transform.spatial_size = transform.spatial_size_
         transform.randomize(boxes, size)
     assert [tuple(map(int, c)) for c in ours.centers] == [tuple(map(int, c)) for c in monai.centers]
+
+
+def test_face_cut_clears_outside_clips_boxes_and_drops_emptied_ones_with_their_entries():
+    """A training crop cut as a stack's crop would be: outside is the padding value, each box is its visible part
+    (a positive down to 3 voxels; ``MarkCutBoxesd`` ignores thinner slivers), an emptied box leaves every list."""
+    from weakseg_monai.transforms import RandFaceCutd
+
+    transform = RandFaceCutd(prob=1.0, max_fraction=0.5)
+    transform.set_random_state(seed=0)
+    instances = torch.zeros(1, 20, 20, 10, dtype=torch.int32)
+    instances[:, 4:12, 4:12, 0:6] = 1
+    instances[:, 0:3, 0:3, 0:3] = 2
+    instances[:, 14:20, 14:20, 5:10] = 3
+    data = {
+        "image": torch.full((1, 20, 20, 10), 2.0),
+        "instances": instances,
+        "box": np.array([[4, 4, 0, 12, 12, 6], [0, 0, 0, 3, 3, 3], [14, 14, 5, 20, 20, 10]], dtype=np.float32),
+        "label": np.zeros(3, dtype=np.int64),
+        "mask_annotated": np.array([1, 0, 1], dtype=np.uint8),
+        "instance_id": np.array([1, 2, 3]),
+        "box_volume": np.array([384, 27, 180], dtype=np.float32),
+    }
+    seen_cut = seen_dropped = 0
+    for _ in range(40):
+        out = transform(data)
+        start, end = np.array(transform.start), np.array(transform.end)
+        image, labels = out["image"][0].numpy(), out["instances"][0].numpy()
+        inside = np.zeros(image.shape, dtype=bool)
+        inside[start[0] : end[0], start[1] : end[1], start[2] : end[2]] = True
+        assert (image[inside] == 2.0).all() and (image[~inside] == 0.0).all() and (labels[~inside] == 0).all()
+        kept = out["instance_id"].tolist()
+        for key in ("label", "mask_annotated", "box_volume"):
+            assert len(out[key]) == len(kept), key
+        for box, k in zip(out["box"], kept):
+            voxels = np.argwhere(labels == k)
+            assert len(voxels) and (box[:3] == voxels.min(0)).all() and (box[3:] == voxels.max(0) + 1).all()
+        seen_dropped += len(kept) < 3
+        marked = MarkCutBoxesd()(out)
+        extent = out["box"][:, 3:] - out["box"][:, :3]
+        cut = np.prod(extent, axis=1) < out["box_volume"]
+        assert marked["box_ignore"].tolist() == (cut & (extent < 3).any(axis=1)).tolist()
+        seen_cut += int(cut.any())
+    assert seen_cut and seen_dropped
+    assert torch.equal(data["instances"], instances) and data["box"].shape == (3, 6)  # the input is not changed

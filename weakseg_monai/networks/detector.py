@@ -106,6 +106,9 @@ class WeakInstanceSegNet(nn.Module):
             and of the fine RoIAlign level.
         roi_size, mask_channels: mask head (masks are ``2 * roi_size`` per axis).
         positive_iou, negative_iou: anchor matching (paper: 0.4, no ignore band).
+        adaptive_candidates: the paper's positives plus MONAI's ATSS positives from this many nearest anchor
+            locations (``weakseg_monai.utils.matching``: boxes no anchor shape fits, such as face-cut slivers,
+            get several positives instead of one); None: the paper's rule alone.
         neg_pos_ratio, min_negatives, hard_negatives: anchor sampling for the log loss.
         reg_weight, smooth_l1_beta: λ and the smooth-L1 transition of L_box.
         mask_rois_per_image: at most this many RoIs per image enter the mask losses (split between instances
@@ -147,6 +150,7 @@ class WeakInstanceSegNet(nn.Module):
         mask_channels: int = 16,
         positive_iou: float = POSITIVE_IOU,
         negative_iou: float | None = None,
+        adaptive_candidates: int | None = 9,
         neg_pos_ratio: float = 3.0,
         min_negatives: int = 32,
         hard_negatives: bool = True,
@@ -194,6 +198,7 @@ class WeakInstanceSegNet(nn.Module):
         self.box_coder = BoxCoder(weights=(1.0,) * 6)
         self.positive_iou = positive_iou
         self.negative_iou = negative_iou
+        self.adaptive_candidates = adaptive_candidates
         self.neg_pos_ratio = neg_pos_ratio
         self.min_negatives = min_negatives
         self.hard_negatives = hard_negatives
@@ -267,7 +272,10 @@ class WeakInstanceSegNet(nn.Module):
             annotated = annotated.to(anchors.device)
             default_ids = torch.arange(1, len(gt_boxes) + 1, device=anchors.device)
             instance_ids = target.get("instance_id", default_ids).long().to(anchors.device)
-            matched = match_anchors(anchors, gt_boxes, target.get("box_ignore"), self.positive_iou, self.negative_iou)
+            adaptive = None if self.adaptive_candidates is None else (self.adaptive_candidates, len(self.anchor_shapes))
+            matched = match_anchors(
+                anchors, gt_boxes, target.get("box_ignore"), self.positive_iou, self.negative_iou, adaptive
+            )
             neg_scores = None
             if self.hard_negatives:
                 neg_scores = 1.0 - torch.softmax(cls_logits[i].detach().float(), dim=1)[:, 0]

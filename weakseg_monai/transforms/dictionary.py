@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from monai.apps.detection.transforms.dictionary import RandCropBoxByPosNegLabeld, RandRotateBox90d, RandZoomBoxd
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.data.box_utils import spatial_crop_boxes
+from monai.transforms import MapTransform, RandomizableTransform
 from monai.transforms.utils import map_binary_to_indices
 
-from weakseg_monai.conventions import as_boxes, as_count, as_spacing
+from weakseg_monai.conventions import as_boxes, as_count, as_fraction, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
@@ -419,6 +420,93 @@ class BoundedRandCropBoxByPosNegLabeld(RandCropBoxByPosNegLabeld):
                 centres[(0, *(slice(int(box[a]), int(box[a + dims])) for a in range(dims)))] = True
             fg_indices, bg_indices = map_binary_to_indices(centres, thresh_image, self.image_threshold)
         super().randomize(boxes, image_size, fg_indices, bg_indices, thresh_image)
+
+
+class RandFaceCutd(RandomizableTransform, MapTransform):
+    """Move some faces of a training crop inward, as a stack's crop would: what lies outside becomes ``fill`` in
+    the images (the value the volume's padding has at inference) and 0 in the label volumes; boxes are clipped to
+    what remains (MONAI's ``spatial_crop_boxes``), boxes left empty dropped with their ``label_keys`` entries.
+
+    With probability ``prob`` per crop, each of the six faces moves, with probability 1/2, through a random box
+    (see ``randomize``), by at most ``max_fraction`` of the crop's size. Put it before ``ClipBoxToImaged`` and
+    ``MarkCutBoxesd``: ``box_volume`` keeps the whole box's volume, so a sliver thinner than ``min_extent`` is
+    ignored and every other cut object is a positive whose visible part is the target.
+
+    Why: real stacks are crops, and in a small training volume (a patch as large as the volume) no random crop
+    ever cuts an object anew: the detector saw the same few face-cut objects at the same depth and missed the
+    slivers of unseen volumes (face-cut preset, seed 1: recall 0.56 on objects cut by a face, 0.92 on whole ones).
+    """
+
+    def __init__(
+        self,
+        image_keys: KeysCollection = ("image",),
+        label_image_keys: KeysCollection = ("instances",),
+        box_keys: str = "box",
+        label_keys: KeysCollection = ("label", "mask_annotated", "instance_id", "box_volume"),
+        prob: float = 0.5,
+        max_fraction: float = 0.25,
+        min_visible: float = 3.0,
+        fill: float = 0.0,
+    ) -> None:
+        image_keys = [image_keys] if isinstance(image_keys, str) else list(image_keys)
+        label_image_keys = [label_image_keys] if isinstance(label_image_keys, str) else list(label_image_keys)
+        MapTransform.__init__(self, image_keys + label_image_keys + [box_keys], allow_missing_keys=True)
+        RandomizableTransform.__init__(self, prob)
+        self.image_keys, self.label_image_keys = image_keys, label_image_keys
+        self.box_key = box_keys
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        self.max_fraction = as_fraction(max_fraction, "max_fraction", 0.0, 0.5)
+        self.min_visible = float(min_visible)
+        self.fill = float(fill)
+        self.start: list[int] = []
+        self.end: list[int] = []
+
+    def randomize(self, shape: Sequence[int], boxes: np.ndarray | None = None) -> None:  # type: ignore[override]
+        """Draw the kept region ``[start, end)``. A moved face goes through a random box thick enough along
+        that axis, leaving ``min_visible``.. voxels of it (a sliver as a stack's face leaves one), at most
+        ``max_fraction`` of the size in; without such a box, anywhere up to that."""
+        super().randomize(None)
+        self.start, self.end = [0] * len(shape), [int(s) for s in shape]
+        boxes = np.zeros((0, 6)) if boxes is None else np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+        for axis, size in enumerate(shape):
+            most = int(self.max_fraction * size)
+            lo, hi = np.clip(boxes[:, axis], 0, size), np.clip(boxes[:, axis + 3], 0, size)
+            thick = np.nonzero(hi - lo > self.min_visible)[0]
+            for upper in (False, True):
+                if self.R.random() >= 0.5:
+                    continue
+                if len(thick):
+                    k = thick[self.R.randint(len(thick))]
+                    visible = self.R.uniform(self.min_visible, hi[k] - lo[k])
+                    cut = int(round(size - (lo[k] + visible))) if upper else int(round(hi[k] - visible))
+                else:
+                    cut = int(self.R.randint(0, most + 1))
+                cut = int(np.clip(cut, 0, most))
+                if upper:
+                    self.end[axis] = int(size) - cut
+                else:
+                    self.start[axis] = cut
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize(d[self.image_keys[0]].shape[1:], d.get(self.box_key))
+        if not self._do_transform:
+            return d
+        outside = [(slice(None),) * (1 + a) + (slice(None, self.start[a]),) for a in range(len(self.start))]
+        outside += [(slice(None),) * (1 + a) + (slice(self.end[a], None),) for a in range(len(self.end))]
+        for key, value in [(k, self.fill) for k in self.image_keys] + [(k, 0) for k in self.label_image_keys]:
+            if key not in d:
+                continue
+            volume = d[key].clone() if isinstance(d[key], torch.Tensor) else np.array(d[key])
+            for region in outside:
+                volume[region] = value
+            d[key] = volume
+        boxes, keep = spatial_crop_boxes(np.asarray(d[self.box_key], dtype=np.float32), self.start, self.end)
+        d[self.box_key] = (boxes + np.tile(np.asarray(self.start, dtype=np.float32), 2)).reshape(-1, 6)
+        for key in self.label_keys:
+            if key in d:
+                d[key] = np.asarray(d[key])[np.asarray(keep, dtype=bool)]
+        return d
 
 
 class InstancesToSemanticd(MapTransform):
