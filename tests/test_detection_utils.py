@@ -53,6 +53,17 @@ def test_adaptive_matching_gives_a_sliver_no_anchor_fits_several_positives_and_l
     paper, union = match_anchors(anchors, fitting), match_anchors(anchors, fitting, adaptive=(9, len(shapes)))
     assert int((union >= 0).sum()) - int((paper >= 0).sum()) <= 2
 
+
+def test_paired_iou_is_the_diagonal_of_monai_box_iou():
+    from monai.data.box_utils import box_iou
+
+    from weakseg_monai.utils.boxes import paired_iou
+
+    start = torch.rand(12, 3) * 10
+    a, b = torch.cat([start, start + torch.rand(12, 3) * 8 + 1], 1), torch.cat([start + 2, start + 9], 1)
+    b[0] = torch.tensor([50.0, 50, 50, 52, 52, 52])  # no overlap
+    assert torch.allclose(paired_iou(a, b), torch.diagonal(box_iou(a, b)), atol=1e-6) and paired_iou(a, b)[0] == 0
+
 def test_sampling_hard_negatives_and_ratio():
     matched = torch.tensor([0, -1, -1, -1, -1, -1, -1, -1, -2, 1])
     scores = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.0, 0.3, 0.05, 0.99, 0.5])

@@ -33,7 +33,7 @@ from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
 from weakseg_monai.networks.postprocess import paste_masks_in_volume, select_detections
 from weakseg_monai.utils.anchors import make_anchor_generator
-from weakseg_monai.utils.boxes import expand_boxes
+from weakseg_monai.utils.boxes import expand_boxes, paired_iou
 from weakseg_monai.utils.matching import match_anchors, sample_anchors
 
 DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.0))
@@ -43,6 +43,7 @@ DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
 DEFAULT_BLOCKS = (1, 2, 2)
 # the stride of the detection level (backbone level 1): anchors sit at i * stride + stride // 2 of the input grid
 DETECTION_STRIDE = tuple(int(np.prod([s[a] for s in DEFAULT_STRIDES[:2]])) for a in range(3))
+MASK_ROI_IOU = 0.5  # a proposal trains the mask head only this close to its box (Mask R-CNN's positive RoIs)
 POSITIVE_IOU = 0.4  # the paper's matching: an anchor above this IoU with a ground-truth box is positive
 LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
 MASK_ROI_CHUNK = 256  # RoIs per mask-head call at inference: memory stays bounded with thousands of detections
@@ -287,13 +288,15 @@ class WeakInstanceSegNet(nn.Module):
             all_classes.append(classes)
             all_deltas.append(self.box_coder.encode_single(gt_boxes[matched[pos]], anchors[pos]))
 
-            # mask RoIs: positive proposals (detached) + the GT boxes, as Mask R-CNN. Each RoI has one owner of
-            # its mask supervision: BCE (its instance has a voxel mask: the paper's mask-weight 1), the box terms
-            # (box only, when they are on; not for boxes a crop cut), or none (dropped here).
+            # mask RoIs: positive proposals (detached) that overlap their box at IoU >= MASK_ROI_IOU + the GT boxes,
+            # as Mask R-CNN. Each RoI has one owner of its mask supervision: BCE (its instance has a voxel mask: the
+            # paper's mask-weight 1), the box terms (box only, when they are on; not for boxes a crop cut), or none
+            # (dropped here).
             proposals = self.box_coder.decode_single(box_deltas[i, pos].detach().float(), anchors[pos])
             proposals, _ = clip_boxes_to_image(proposals, spatial, remove_empty=False)
-            boxes = torch.cat([proposals, gt_boxes])
-            gt_index = torch.cat([matched[pos], torch.arange(len(gt_boxes), device=anchors.device)])
+            good = paired_iou(proposals, gt_boxes[matched[pos]]) >= MASK_ROI_IOU
+            boxes = torch.cat([proposals[good], gt_boxes])
+            gt_index = torch.cat([matched[pos][good], torch.arange(len(gt_boxes), device=anchors.device)])
             sized = ((boxes[:, 3:] - boxes[:, :3]) >= 1.0).all(dim=1)
             ignored = target.get("box_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool().to(sized.device)
             with_mask = torch.nonzero(sized & annotated[gt_index]).squeeze(1)

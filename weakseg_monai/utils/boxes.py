@@ -26,3 +26,13 @@ def touches_face(boxes: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
     (x, y, z). Such *face-cut* objects are the rule in cropped stacks: only their visible part is annotated."""
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
     return (b[:, :3] <= 0).any(axis=1) | (b[:, 3:] >= np.asarray(spatial_shape, dtype=np.float64)).any(axis=1)
+
+
+def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of ``boxes1[k]`` with ``boxes2[k]``, ``(K, 6)`` each (StandardMode) -> ``(K,)``.
+
+    Why: MONAI's ``box_iou`` gives the full ``(K, K)`` matrix and its pairwise ``box_pair_giou`` the GIoU."""
+    low, high = torch.maximum(boxes1[:, :3], boxes2[:, :3]), torch.minimum(boxes1[:, 3:], boxes2[:, 3:])
+    inter = (high - low).clamp(min=0).prod(dim=1)
+    vol1, vol2 = (boxes1[:, 3:] - boxes1[:, :3]).prod(dim=1), (boxes2[:, 3:] - boxes2[:, :3]).prod(dim=1)
+    return inter / (vol1 + vol2 - inter).clamp(min=1e-6)

@@ -9,7 +9,9 @@ Why the union: a box no anchor shape fits (an object a face cut to 3 voxels in z
 IoU 0.2-0.35 with its best anchors. The paper's rule gives it one positive anchor and makes its equally good
 neighbours negatives, so the classifier learns to score such objects low (face-cut preset, seed 1: 6% of the
 objects 3 voxels thin in some axis had a detector box at IoU > 0.4). ATSS's threshold follows each box's own
-IoU distribution; for a box the anchors fit well it is near 0.4 and changes little.
+IoU distribution. It runs only for boxes whose best anchor IoU is under 0.5: for the others it added 0-5 anchors
+and, run for every box, it more than doubled the matching time (MONAI recomputes the whole IoU matrix: 22 -> 48 ms
+for an hl60 crop of 64 x 64 x 32 voxels with 20 boxes, one core).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 
 NEGATIVE = -1
 IGNORE = -2
+ADAPTIVE_BELOW = 0.5  # ATSS runs for the boxes whose best anchor IoU is below this (the rest fit the anchors)
 
 
 @lru_cache(maxsize=4)
@@ -48,9 +51,10 @@ def match_anchors(
             volume) are ignored rather than positive.
         positive_iou: IoU above which an anchor is positive.
         negative_iou: anchors with max IoU in ``[negative_iou, positive_iou]`` are ignored; ``None`` = no band.
-        adaptive: ``(candidates, anchors_per_location)``: also positive, for anchors the paper's rule leaves
-            negative, MONAI's ATSS positives from ``candidates`` nearest locations (one detection level; anchors
-            ordered location by location). ``None``: the paper's rule alone.
+        adaptive: ``(candidates, anchors_per_location)``: for the boxes whose best anchor IoU is below
+            ``ADAPTIVE_BELOW``, MONAI's ATSS positives from ``candidates`` nearest locations (one detection level;
+            anchors ordered location by location) are positive too where the paper's rule left them negative.
+            ``None``: the paper's rule alone.
     Returns:
         ``(A,)`` long: the matched GT index for positives, ``NEGATIVE`` (-1) or ``IGNORE`` (-2).
     """
@@ -67,13 +71,14 @@ def match_anchors(
     per_gt_best = iou.max(dim=1, keepdim=True).values
     gt_idx, anchor_idx = torch.nonzero((iou == per_gt_best) & (per_gt_best > 0), as_tuple=True)
     matched[anchor_idx] = gt_idx
-    if adaptive is not None:
+    poor = torch.nonzero(per_gt_best[:, 0] < ADAPTIVE_BELOW).squeeze(1) if adaptive is not None else None
+    if poor is not None and poor.numel():
         candidates, per_location = adaptive
         _, atss = atss_matcher(candidates).compute_matches(
-            gt_boxes.to(torch.float32), anchors.to(torch.float32), [anchors.shape[0] // per_location], per_location
+            gt_boxes[poor].float(), anchors.float(), [anchors.shape[0] // per_location], per_location
         )
         added = (atss >= 0) & (matched < 0)
-        matched[added] = atss[added]
+        matched[added] = poor[atss[added]]
     if gt_ignore is not None and gt_ignore.any():
         matched[(matched >= 0) & gt_ignore.to(matched.device)[matched.clamp(min=0)]] = IGNORE
     return matched
