@@ -64,6 +64,26 @@ def test_paired_iou_is_the_diagonal_of_monai_box_iou():
     b[0] = torch.tensor([50.0, 50, 50, 52, 52, 52])  # no overlap
     assert torch.allclose(paired_iou(a, b), torch.diagonal(box_iou(a, b)), atol=1e-6) and paired_iou(a, b)[0] == 0
 
+def test_atss_positives_are_monais_atss_matches_on_the_iou_matrix_we_already_have():
+    """``atss_positives`` = MONAI's ``ATSSMatcher(center_in_gt=False)`` (the reference) on random boxes: crop-cut,
+    overlapping, inside and across the faces of a 72 x 72 x 32 crop."""
+    from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
+    from monai.data.box_utils import box_iou
+
+    from weakseg_monai.utils.matching import atss_positives
+
+    shapes = [[8, 8, 4], [16, 12, 6], [10, 18, 8], [6, 8, 8], [6, 16, 4]]
+    anchors = make_anchor_generator(shapes)(torch.zeros(1, 1, 72, 72, 32), [torch.zeros(1, 1, 18, 18, 16)])[0].float()
+    reference = ATSSMatcher(num_candidates=9, similarity_fn=box_iou, center_in_gt=False)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        n = int(torch.randint(1, 40, (1,), generator=generator))
+        start = torch.rand(n, 3, generator=generator) * torch.tensor([72.0, 72, 32]) - 3
+        size = torch.rand(n, 3, generator=generator) * torch.tensor([20.0, 20, 10]) + 1
+        boxes = torch.cat([start.clamp(min=0), torch.maximum(start + size, start.clamp(min=0) + 1)], dim=1)
+        _, expected = reference.compute_matches(boxes, anchors, [anchors.shape[0] // len(shapes)], len(shapes))
+        assert torch.equal(atss_positives(box_iou(boxes, anchors), boxes, anchors, 9, len(shapes)), expected)
+
 def test_sampling_hard_negatives_and_ratio():
     matched = torch.tensor([0, -1, -1, -1, -1, -1, -1, -1, -2, 1])
     scores = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.0, 0.3, 0.05, 0.99, 0.5])
