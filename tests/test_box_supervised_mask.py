@@ -8,6 +8,7 @@ from weakseg_monai.losses import BoxSupervisedMaskLoss, pairwise_loss, projectio
 from weakseg_monai.losses.box_supervised_mask import box_in_roi_grid, neighbour_offsets
 from weakseg_monai.networks import WeakInstanceSegNet
 from weakseg_monai.networks.detector import split_mask_roi_budget
+from weakseg_monai.networks.postprocess import paste_masks_in_volume
 
 SMALL = dict(channels=(8, 16, 24), blocks=(1, 1, 1), roi_size=4, mask_channels=8, anchor_shapes=[[8, 8, 4]])
 
@@ -169,8 +170,8 @@ def test_boxes_alone_teach_the_mask_head_to_segment_its_training_nuclei():
     model.eval()
     with torch.no_grad():
         out = model.dense_outputs(images)
-        labels = torch.ones(4, dtype=torch.long)
-        found = model.segment_boxes(out["fine"], out["coarse"], boxes, torch.ones(4), labels, shape)["instances"]
+        frames, probs = model.object_masks(out, 0, {"boxes": boxes}, torch.ones(4, dtype=torch.bool))
+        found, _ = paste_masks_in_volume(probs, frames, torch.ones(4), shape, model.mask_threshold)
     ious = []
     for k in range(1, 5):
         pred = found == k  # value k = the k-th box (all kept: every box gets voxels)

@@ -21,6 +21,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
 from weakseg_monai.engines.handlers import save_atomic
+from weakseg_monai.families.loading import checkpoint_state
 
 logger = logging.getLogger(__name__)
 
@@ -107,36 +108,12 @@ def checkpoint_to_resume(ckpt_dir: str, resume: bool, run: Mapping | None = None
 
 
 def checked_checkpoint(path: str | Path, network: torch.nn.Module | None = None) -> str:
-    """``path`` (a string) after checking that it is a state dict this model can load, for ``CheckpointLoader``'s
-    ``load_path`` in the inference and evaluation configs: a broken or foreign file fails here with its name and
-    what is wrong, instead of torch's own text (which names no file and may suggest ``weights_only=False``; never
-    do that with a file you did not write), and NaN or inf weights are refused instead of giving no objects.
+    """``path`` (a string) after checking that it is a state dict (``families.checkpoint_state``: readable, tensors,
+    finite) that this model can load, for ``CheckpointLoader``'s ``load_path`` in the evaluation configs.
 
     Accepts a plain state dict (``model.pt``) or a training checkpoint holding one under ``"model"``.
     """
-    path = Path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (--ckpt_path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a broken or foreign file
-        # torch's own text is not repeated: it names no file and suggests weights_only=False
-        if "allowed global" in str(err) or "Unsupported global" in str(err):
-            reason = "it holds Python objects other than tensors, which are not loaded (refused for safety)"
-        else:
-            reason = "it is corrupt, truncated or not a PyTorch file"
-        raise ValueError(f"checkpoint {path} cannot be read as a state dict: {reason}") from None
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        kind = type(state).__name__ if not isinstance(state, Mapping) else "a dict with non-tensor entries"
-        raise ValueError(f"checkpoint {path} holds {kind}, not a state dict of tensors (a model.pt)")
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
-                f"checkpoint {path}: tensor {name!r} holds NaN or inf values (a diverged training?); use another "
-                "checkpoint, e.g. the best-validation model.pt of that run"
-            )
+    state = checkpoint_state(path)
     if network is not None:
         module = copy.deepcopy(getattr(network, "module", network)).cpu()
         try:

@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys as Keys
 
 from weakseg_monai.metrics.instance import detection_f1, instance_iou, match_one_to_one
+from weakseg_monai.networks.family import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -197,11 +198,11 @@ class ScoreThresholdCalibrator:
         # data); seen data: the middle one (new objects score lower than learned ones)
         near_best = np.nonzero(objective >= objective.max() - self.tolerance)[0]
         best = int(near_best[(len(near_best) - 1) // 2] if self.seen_data else near_best.max())
-        module = getattr(self.network, "module", self.network)
+        module = unwrap(self.network)
         if objective[best] <= 0:  # nothing found at any threshold: keep the current one
-            best = int(np.argmin(np.abs(np.asarray(SCORE_GRID) - float(module.score_thresh))))
+            best = int(np.argmin(np.abs(np.asarray(SCORE_GRID) - module.score_threshold())))
         threshold = SCORE_GRID[best]
-        module.score_thresh.fill_(threshold)
+        module.set_score_threshold(threshold)
         engine.state.metrics[self.prefix + "det_f1"] = float(f1[best, 0])
         if has_seg:
             engine.state.metrics[self.prefix + "seg_f1"] = float(f1[best, 1])

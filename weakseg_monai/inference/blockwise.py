@@ -4,13 +4,14 @@ Why not MONAI's ``sliding_window_inference``: it stitches every dense output (de
 16-channel feature maps the mask head reads) over the whole working grid, which for a 700 x 700 x 80 stack at
 1 x 1 x 2 µm (8x more voxels at the working spacing) is ~12 GB. Here the volume is cut into blocks of the
 *input* grid, each with a halo; per block only that block is resampled, normalised (with percentiles taken
-once over the whole volume, so every block sees the same intensity rule), run through the dense network,
-thresholded, NMS'd and passed to the mask head. A detection is kept by the block whose core holds its box
-centre; masks are kept as small ``uint8`` grids and pasted into one label volume of the input's size at the
-end (higher score wins, after a global NMS that removes the rare double at a core boundary).
+once over the whole volume, so every block sees the same intensity rule), run through the model's dense network
+and its family's ``find_objects`` (for nuclei: threshold, NMS). An object is kept by the block whose core holds
+its box centre, and only those get masks (``object_masks``), kept as small ``uint8`` grids and pasted into one
+label volume of the input's size at the end (higher score wins, after a global NMS that removes the rare double
+at a core boundary).
 
-``predict_block`` is a pure function of one block (image crop in, detections out), the seam a later
-dask / OME-Zarr scale-out maps over chunks.
+``predict_block`` is a pure function of one block (image crop in, detections out) for a model of any family,
+the seam a later dask / OME-Zarr scale-out maps over chunks.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from monai.data.box_utils import batched_nms
 
-from weakseg_monai.networks.detector import WeakInstanceSegNet
+from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
-from weakseg_monai.transforms.dictionary import aligned_size, normalise, resample_volume
+from weakseg_monai.transforms.dictionary import normalise, resample_volume
+from weakseg_monai.transforms.input_rule import InputRule
 
 logger = logging.getLogger(__name__)
 
@@ -61,64 +63,62 @@ def plan_blocks(shape: Sequence[int], core: Sequence[int], halo: Sequence[int]) 
 
 
 def block_geometry(
-    network: WeakInstanceSegNet, zoom: Sequence[float], block_working: Sequence[int]
+    network: InstanceModel, zoom: Sequence[float], block_working: Sequence[int]
 ) -> tuple[list[int], list[int]]:
     """Core and halo sizes in input voxels for blocks of ``block_working`` working voxels.
 
-    The halo is the largest anchor plus half of it per axis (at the working spacing), so every object whose
-    centre lies in a core is whole inside its block's region.
+    The halo is the family's ``block_halo()`` (working voxels; nuclei: 1.5 x the largest anchor), so every object
+    whose centre lies in a core is whole inside its block's region.
     """
-    largest = network.anchor_shapes.max(dim=0).values.tolist()
     core = [max(1, int(b / z)) for b, z in zip(block_working, zoom)]
-    halo = [int(math.ceil(1.5 * a / z)) for a, z in zip(largest, zoom)]
+    halo = [int(math.ceil(h / z)) for h, z in zip(network.block_halo(), zoom)]
     return core, halo
 
 
 @torch.inference_mode()
 def predict_block(
-    network: WeakInstanceSegNet,
+    network: InstanceModel,
     crop: np.ndarray,
     block: Block,
     zoom: Sequence[float],
     intensity: tuple[float, float],
     device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """Detections of one block, in global input voxels: ``boxes (K, 6)``, ``scores (K,)``, ``classes (K,)``,
-    ``masks (K, M, M, M)`` uint8 probabilities. Only boxes whose centre lies in the block's core are returned.
+) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Objects of one block, in global input voxels: ``boxes (K, 6)``, ``frames (K, 6)`` (where masks paste),
+    ``scores (K,)``, ``classes (K,)`` and ``masks`` (K ``uint8`` probability grids). Only objects whose box centre
+    lies in the block's core are returned.
 
     Args:
+        network: a model of any family (``InstanceModel``).
         crop: the input voxels of ``block.region`` (x, y, z), any dtype.
         zoom: working voxels per input voxel (x, y, z); intensity: the volume's ``(low, high)`` percentiles.
     """
     shape = crop.shape
-    working = [aligned_size(s * z, m) for s, z, m in zip(shape, zoom, network.coarse_stride)]
+    working = InputRule.of(network).block_shape(shape, zoom)
     x = resample_volume(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None], working)
     x = normalise(x, *intensity)
     divisor = network.size_divisor()
     padded = [int(math.ceil(s / d) * d) for s, d in zip(working, divisor)]
     batch = F.pad(x[None].to(device), [p for s, t in reversed(list(zip(working, padded))) for p in (0, t - s)])
-    out = network.dense_outputs(batch)
-    boxes, scores, classes = network.select_boxes(out, padded)[0]
+    out = network.dense_network()(batch)
+    found = network.find_objects(out, padded)[0]
+    boxes = found["boxes"]
     block_zoom = torch.tensor([w / s for w, s in zip(working, shape)], dtype=torch.float32, device=boxes.device)
     origin = torch.tensor([a for a, _ in block.region], dtype=torch.float32, device=boxes.device)
     limit = torch.tensor(working * 2, dtype=boxes.dtype, device=boxes.device)
     global_boxes = torch.minimum(boxes, limit) / block_zoom.repeat(2) + origin.repeat(2)
-    frames = network.mask_frames(boxes)
-    global_frames = frames / block_zoom.repeat(2) + origin.repeat(2)  # where masks paste
     centre = (global_boxes[:, :3] + global_boxes[:, 3:]) / 2
     lo = torch.tensor([a for a, _ in block.core], dtype=torch.float32, device=boxes.device)
     hi = torch.tensor([b for _, b in block.core], dtype=torch.float32, device=boxes.device)
     owned = ((centre >= lo) & (centre < hi)).all(dim=1)
-    masks = torch.zeros((0, *(network.mask_head.mask_size,) * 3), dtype=torch.uint8)
-    if owned.any():
-        probs = network.mask_probabilities(out["fine"], out["coarse"], frames[owned])
-        masks = (probs * MASK_LEVELS).round().to(torch.uint8).cpu()
+    frames, masks = network.object_masks(out, 0, found, owned)
+    global_frames = frames.to(boxes.device) / block_zoom.repeat(2) + origin.repeat(2)
     return {
         "boxes": global_boxes[owned].cpu(),
-        "frames": global_frames[owned].cpu(),
-        "scores": scores[owned].cpu(),
-        "classes": classes[owned].cpu(),
-        "masks": masks,
+        "frames": global_frames.cpu(),
+        "scores": found["scores"][owned].cpu(),
+        "classes": found["classes"][owned].cpu(),
+        "masks": [(m.float() * MASK_LEVELS).round().to(torch.uint8).cpu() for m in masks],
     }
 
 
@@ -131,10 +131,11 @@ def merge_blocks(
     frames = torch.cat([d["frames"] for d in detections]) if detections else torch.zeros((0, 6))
     scores = torch.cat([d["scores"] for d in detections]) if detections else torch.zeros(0)
     classes = torch.cat([d["classes"] for d in detections]) if detections else torch.zeros(0, dtype=torch.long)
-    masks = torch.cat([d["masks"] for d in detections]) if detections else torch.zeros((0, 1, 1, 1), torch.uint8)
+    masks = [m for d in detections for m in d["masks"]]
     keep = batched_nms(boxes, scores, classes, nms_thresh) if len(boxes) else torch.zeros(0, dtype=torch.long)
     keep = keep[torch.argsort(scores[keep], descending=True)]
-    boxes, frames, scores, classes, masks = boxes[keep], frames[keep], scores[keep], classes[keep], masks[keep]
+    boxes, frames, scores, classes = boxes[keep], frames[keep], scores[keep], classes[keep]
+    masks = [masks[k] for k in keep.tolist()]
     instances, present = paste_masks_in_volume(masks, frames, scores, shape, mask_threshold * MASK_LEVELS)
     return {
         "boxes": boxes[present],
@@ -145,7 +146,7 @@ def merge_blocks(
 
 
 def predict_blockwise(
-    network: WeakInstanceSegNet,
+    network: InstanceModel,
     image: np.ndarray,
     zoom: Sequence[float],
     intensity: tuple[float, float],
@@ -161,7 +162,7 @@ def predict_blockwise(
     for i, block in enumerate(blocks, start=1):
         detections.append(predict_block(network, image[block.slices()], block, zoom, intensity, device))
         logger.debug("block %d/%d: %d detections", i, len(blocks), len(detections[-1]["boxes"]))
-    merged = merge_blocks(detections, image.shape, float(network.nms_thresh), float(network.mask_threshold))
+    merged = merge_blocks(detections, image.shape, network.merge_nms_threshold(), float(network.mask_threshold))
     return {
         "boxes": merged["boxes"].numpy().astype(np.float32),
         "scores": merged["scores"].numpy(),

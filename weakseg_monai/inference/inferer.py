@@ -23,6 +23,7 @@ from monai.inferers import Inferer
 from weakseg_monai.conventions import as_count, as_fraction, as_size
 from weakseg_monai.data.datalist import flatten_items
 from weakseg_monai.inference.predictor import WeakSegPredictor
+from weakseg_monai.networks.family import unwrap
 
 
 def ground_truth(item: dict) -> dict:
@@ -112,19 +113,13 @@ class WeakSegInferer(Inferer):
 
     @contextmanager
     def lowered_score_threshold(self, network: torch.nn.Module):
-        """Predict with the network's score threshold lowered to ``score_floor`` (for calibration)."""
-        module = getattr(network, "module", network)
-        if self.score_floor is None or not hasattr(module, "score_thresh"):
+        """Predict with the model's score threshold lowered to ``score_floor`` (for calibration); the family
+        decides what that means (``InstanceModel.lowered_score_threshold``)."""
+        if self.score_floor is None:
             yield
             return
-        saved, saved_topk = module.score_thresh.clone(), module.topk_candidates
-        module.score_thresh.fill_(self.score_floor)
-        module.topk_candidates = saved_topk * 4  # a low floor lets more candidates through to NMS
-        try:
+        with unwrap(network).lowered_score_threshold(self.score_floor):
             yield
-        finally:
-            module.score_thresh.copy_(saved)
-            module.topk_candidates = saved_topk
 
     def predict(
         self, predictor: WeakSegPredictor, image: torch.Tensor, spacing: Sequence[float], grid: dict | None = None

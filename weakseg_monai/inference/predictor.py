@@ -1,12 +1,14 @@
-"""``WeakSegPredictor``: input geometry in, instances out in the same geometry.
+"""``WeakSegPredictor``: input geometry in, instances out in the same geometry, for a model of any family.
 
 Steps (one rule for evaluation, inference and benchmarks): resample to the model's working spacing
 (edge-aligned, see ``ResampleToSpacingd``), per-image percentile normalisation (MONAI
 ``ScaleIntensityRangePercentiles`` with the model's stored percentiles), pad at the end to the
-backbone's size divisor, dense network on the whole volume when it fits ``max_whole_voxels`` or by MONAI
-``sliding_window_inference`` (stitching the dense head and feature maps), then anchors, top-k, NMS and
-the RoIAlign mask head once over the whole volume -- so no cell is split or duplicated at window seams --
-and finally boxes and labels mapped back to the input's voxel grid.
+model's size divisor, its dense network on the whole volume when it fits ``max_whole_voxels`` or by MONAI
+``sliding_window_inference`` (stitching the dense outputs), then the family's second stage once over the whole
+volume (for the nuclei family: anchors, top-k, NMS and the RoIAlign mask head) -- so no cell is split or
+duplicated at window seams -- and finally boxes and labels mapped back to the input's voxel grid. Larger volumes
+run block by block (``weakseg_monai.inference.blockwise``). Only the family contract
+(``weakseg_monai.networks.family.InstanceModel``) is used, never a family's internals.
 """
 
 from __future__ import annotations
@@ -20,47 +22,47 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from weakseg_monai.conventions import as_count, as_fraction, as_size
-from weakseg_monai.networks.detector import WeakInstanceSegNet
+from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import compact_labels
 from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percentiles, check_working_size: re-exported)
-    ToWorkingGridd,
     check_working_size,
-    outlier_warning,
-    resample_volume,
     scale_percentiles,
 )
+from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
 
 logger = logging.getLogger(__name__)
 
 
 class WeakSegPredictor:
-    blockwise = True
-
-    """Run a ``WeakInstanceSegNet`` on volumes of any size and spacing.
+    """Run a model of any family (``InstanceModel``) on volumes of any size and spacing.
 
     Args:
         network: the model (its buffers give working spacing and intensity rule).
-        roi_size: sliding-window size (x, y, z) at the working spacing (rounded to the size divisor), for dense
-            models without a second stage (the baseline).
+        roi_size: sliding-window size (x, y, z) at the working spacing (rounded to the size divisor), used when
+            ``blockwise`` is off and a volume is over ``max_whole_voxels``.
         block_size: core size (x, y, z) in working voxels of the blocks of a large volume (a halo is added).
         overlap: sliding-window overlap.
         sw_batch_size: windows per forward pass.
         max_whole_voxels: volumes (after resampling) up to this many voxels run in one pass; larger ones block
-            by block in bounded memory (``weakseg_monai.inference.blockwise``).
+            by block in bounded memory (``weakseg_monai.inference.blockwise``), or, with ``blockwise`` off, by a
+            stitched sliding window over the whole working grid.
         device: where the network runs.
+        blockwise: large volumes block by block (default) or by MONAI's stitched sliding window.
     """
 
     def __init__(
         self,
-        network: WeakInstanceSegNet,
+        network: InstanceModel,
         roi_size: Sequence[int] = (128, 128, 32),
         overlap: float = 0.25,
         sw_batch_size: int = 2,
         max_whole_voxels: int = 4_000_000,
         device: str | torch.device = "cpu",
         block_size: Sequence[int] = (192, 192, 64),
+        blockwise: bool = True,
     ) -> None:
         self.network = network
+        self.blockwise = bool(blockwise)
         self.roi_size = as_size(roi_size, "--sw_roi_size")
         self.overlap = as_fraction(overlap, "--sw_overlap", 0.0, 1.0, high_open=True)
         self.sw_batch_size = as_count(sw_batch_size, "--sw_batch_size")
@@ -89,18 +91,18 @@ class WeakSegPredictor:
         from weakseg_monai.inference.blockwise import predict_blockwise
 
         array = image[0].numpy() if isinstance(image, torch.Tensor) else np.asarray(image)[0]
-        lower, upper = (float(v) for v in self.network.intensity_percentiles.tolist())
-        low, high = np.percentile(array, [lower, upper])
-        warning = outlier_warning(array, low, high, upper, "input")
+        rule = InputRule.of(self.network)
+        low, high = rule.intensity_range(array)
+        warning = rule.outliers(array, low, high, "input")
         if warning:
             logger.warning(warning)
         return predict_blockwise(
-            self.network, array, zoom, (float(low), float(high)), self.block_size, device=self.device
+            self.network, array, zoom, (low, high), self.block_size, device=self.device
         )
 
     def dense_module(self) -> torch.nn.Module:
-        """The part that runs per window: the detector's dense network (backbone + detection head)."""
-        return self.network.network
+        """The part that runs per window: the family's dense network."""
+        return self.network.dense_network()
 
     def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """``(1, X, Y, Z)`` -> ``(1, 1, X', Y', Z')`` padded at the end to the size divisor, and its size."""
@@ -134,7 +136,7 @@ class WeakSegPredictor:
         self.network.eval()
         shape = tuple(x.shape[1:])
         batch, padded = self.pad(x)
-        result = self.network.detect(self.dense(batch), padded)[0]
+        result = self.network.instances(self.dense(batch), padded)[0]
         boxes = result["boxes"]
         boxes = torch.minimum(boxes, torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
         instances = result["instances"][: shape[0], : shape[1], : shape[2]]
@@ -155,19 +157,13 @@ class WeakSegPredictor:
         path) and its ``working_grid``; returns the instances in the input's own voxel grid."""
         zoom, original = np.asarray(grid["zoom"]), tuple(int(s) for s in grid["original_shape"])
         if grid["blockwise"]:
-            if not self.blockwise:
-                raise ValueError(f"{type(self).__name__} has no blockwise path: use ToWorkingGridd(max_voxels=None)")
             return self.predict_blockwise(x, zoom)
         result = self.predict_working(x)
-        boxes = result["boxes"].cpu().numpy() / np.tile(zoom, 2)
-        boxes = np.clip(boxes, 0, np.tile(original, 2)).astype(np.float32)
+        boxes = InputRule.boxes_from_working(result["boxes"].cpu().numpy(), grid)
         found = {"boxes": boxes, "scores": result["scores"].cpu().numpy(), "labels": result["labels"].cpu().numpy()}
         # cropping the padding can leave an instance without voxels: checked on the small working grid
         working = drop_vanished(result["instances"].cpu(), found)
-        # upsampled in (z, y, x) memory order: the returned (x, y, z) array is then Fortran-ordered, which is
-        # what both writers store (TIFF z, y, x pages; NIfTI x fastest) -- no transposing copy of the output
-        zyx = resample_volume(working.permute(2, 1, 0).contiguous()[None], original[::-1], labels=True)[0]
-        instances = zyx.permute(2, 1, 0)
+        instances = InputRule.labels_from_working(working, grid)
         if any(o < w for o, w in zip(original, working.shape)):
             # shrinking back, an instance can vanish (sub-voxel at the input grid). Growing (the usual case)
             # nearest-exact hits every working voxel, so the full-size output needs no second pass.
@@ -175,12 +171,14 @@ class WeakSegPredictor:
         return dict(found, instances=instances.numpy())
 
 
-def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: WeakInstanceSegNet) -> str | None:
-    """A warning when the objects found look much smaller or larger than those the model was trained on (its
-    middle anchor shape, k-means of the training boxes), or when nothing was found: usually a wrong spacing."""
+def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: InstanceModel) -> str | None:
+    """A warning when the objects found look much smaller or larger than those the model was trained on
+    (``typical_object_um()`` of its family; no check for a family that does not know), or when nothing was
+    found: usually a wrong spacing."""
     spacing_um = np.asarray(spacing, dtype=np.float64)
-    anchors = network.anchor_shapes.detach().cpu().numpy()
-    trained_um = anchors[np.argsort(anchors.prod(axis=1))[len(anchors) // 2]] * network.working_spacing.cpu().numpy()
+    trained_um = network.typical_object_um()
+    if trained_um is None:
+        return None
     trained = " x ".join(f"{v:.3g}" for v in trained_um)
     if len(boxes) == 0:
         return (
@@ -211,33 +209,9 @@ def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torc
     return instances
 
 
-class BaselinePredictor(WeakSegPredictor):
-    blockwise = False  # a dense semantic model: MONAI's stitched sliding window is the right tool
-
-    """The VoxResNet + boundary + connected-components baseline behind the same preprocessing, sliding
-    window and output mapping as ``WeakSegPredictor`` (so both are scored and timed alike)."""
-
-    def __init__(self, network, min_voxels: int = 10, **kwargs) -> None:
-        super().__init__(network, **kwargs)
-        self.min_voxels = min_voxels
-
-    def dense_module(self) -> torch.nn.Module:
-        return self.network
-
-    @torch.inference_mode()
-    def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from weakseg_monai.data.instances import boxes_from_instances
-        from weakseg_monai.networks.baseline import semantic_to_instances
-
-        self.network.eval()
-        shape = tuple(x.shape[1:])
-        batch, _ = self.pad(x)
-        classes = self.dense(batch)[0].argmax(dim=0)[: shape[0], : shape[1], : shape[2]].cpu().numpy()
-        instances = semantic_to_instances(classes, self.min_voxels)
-        boxes = torch.from_numpy(boxes_from_instances(instances)).float()
-        return {
-            "boxes": boxes,
-            "scores": torch.ones(len(boxes)),
-            "labels": torch.zeros(len(boxes), dtype=torch.long),
-            "instances": torch.from_numpy(instances),
-        }
+def BaselinePredictor(network: InstanceModel, **kwargs) -> WeakSegPredictor:  # noqa: N802 (a documented name)
+    """The name ``inference_baseline.json`` and the benchmarks use: a ``WeakSegPredictor`` that runs a large
+    volume by MONAI's stitched sliding window (how the baseline's published timings were taken) instead of
+    block by block. Any family works; the model's own second stage turns dense outputs into instances."""
+    kwargs.setdefault("blockwise", False)
+    return WeakSegPredictor(network, **kwargs)

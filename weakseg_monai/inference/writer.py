@@ -39,6 +39,7 @@ from weakseg_monai.data.io import (
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
 from weakseg_monai.inference.predictor import scale_mismatch
+from weakseg_monai.networks.family import unwrap
 from weakseg_monai.transforms.dictionary import finite_float32
 
 logger = logging.getLogger(__name__)
@@ -274,10 +275,9 @@ class PredictionWriter:
                 self.failures.append(message)
                 self.outcomes.append((str(path), f"FAILED: {error.replace(str(path) + ': ', '')}"))
                 continue
-            if hasattr(engine.network, "anchor_shapes"):  # the weak model (the baseline has no trained object size)
-                warning = scale_mismatch(pred["boxes"], item["spacing"], engine.network)
-                if warning:
-                    logger.warning("%s: %s", path, warning)
+            warning = scale_mismatch(pred["boxes"], item["spacing"], unwrap(engine.network))
+            if warning:
+                logger.warning("%s: %s", path, warning)
             n, seconds = len(pred["boxes"]), float(pred.get("seconds", float("nan")))
             logger.info("%s %s: %d instances in %.1f s -> %s", number, path.name, n, seconds, written["instances"])
             self.summaries.append({"image": str(path), "instances": n, "seconds": seconds})

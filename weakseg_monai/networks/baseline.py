@@ -16,19 +16,24 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels
 from torch import Tensor, nn
 
+from weakseg_monai.families.registry import ModelFamily, register_family
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.detector import DEFAULT_BLOCKS, DEFAULT_CHANNELS, DEFAULT_STRIDES
+from weakseg_monai.networks.family import InstanceModel
+from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 
-class VoxResSegNet(nn.Module):
-    """``(N, 1, X, Y, Z)`` -> ``(N, 3, X, Y, Z)`` logits (background, interior, boundary).
+class VoxResSegNet(InstanceModel):
+    """``(N, 1, X, Y, Z)`` -> ``(N, 3, X, Y, Z)`` logits (background, interior, boundary): the ``baseline`` family.
 
     Decoder: the merged stride-(4, 4, 2) level is up-convolved to the stem level, added, refined, and
     up-convolved by the stem stride to full resolution. Working spacing and intensity rule are buffers,
-    as in ``WeakInstanceSegNet``.
+    as in ``WeakInstanceSegNet``. Second stage: ``semantic_to_instances`` (seeds under ``min_voxels`` dropped).
     """
+
+    family = "baseline"
 
     def __init__(
         self,
@@ -40,8 +45,10 @@ class VoxResSegNet(nn.Module):
         norm: str | tuple = ("group", {"num_groups": 8}),
         working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
         intensity_percentiles: Sequence[float] = (1.0, 99.8),
+        min_voxels: int = 10,
     ) -> None:
         super().__init__()
+        self.min_voxels = int(min_voxels)
         self.register_buffer("working_spacing", torch.tensor([float(v) for v in working_spacing]))
         self.register_buffer("intensity_percentiles", torch.tensor([float(v) for v in intensity_percentiles]))
         self.backbone = VoxResBackbone(in_channels, channels, strides, blocks, norm)
@@ -65,6 +72,18 @@ class VoxResSegNet(nn.Module):
         x = feats[0] + self.up1(feats[1])
         x = x + self.refine(x)
         return self.head(self.up0(x))
+
+    # ------------------------------------------------------------------ the family contract (networks.family)
+    def dense_network(self) -> nn.Module:
+        return self
+
+    def find_objects(self, dense: Tensor, spatial: Sequence[int]) -> list[dict[str, Tensor]]:
+        """Connected components of each image's argmax classes (``semantic_to_instances``)."""
+        classes = dense.argmax(dim=1).cpu().numpy()
+        return [objects_from_labels(semantic_to_instances(c, self.min_voxels)) for c in classes]
+
+    def object_masks(self, dense: Tensor, index: int, found: dict[str, Tensor], keep: Tensor) -> tuple[Tensor, list]:
+        return label_masks(found, keep)
 
 
 def instances_to_semantic(instances: np.ndarray) -> np.ndarray:
@@ -104,3 +123,6 @@ def semantic_to_instances(classes: np.ndarray, min_voxels: int = 10, erode: int 
         seeds = lookup[seeds]
     grown = expand_labels(seeds, distance=grow + erode)
     return np.where(classes != BACKGROUND, grown, 0).astype(np.int32)
+
+
+register_family(ModelFamily("baseline", VoxResSegNet, train_config="train_baseline.json"))

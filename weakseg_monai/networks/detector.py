@@ -17,7 +17,8 @@ Targets, one dict per image, spatial values (x, y, z), boxes StandardMode in vox
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,12 +27,14 @@ from monai.data.box_utils import clip_boxes_to_image
 from torch import Tensor, nn
 
 from weakseg_monai.conventions import label_to_class_index
+from weakseg_monai.families.registry import ModelFamily, register_family
 from weakseg_monai.losses.box_loss import box_loss
 from weakseg_monai.losses.box_supervised_mask import BoxSupervisedMaskLoss
 from weakseg_monai.losses.partial_mask import PartialMaskLoss, project_masks_on_boxes
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
+from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
-from weakseg_monai.networks.postprocess import paste_masks_in_volume, select_detections
+from weakseg_monai.networks.postprocess import select_detections
 from weakseg_monai.utils.anchors import make_anchor_generator
 from weakseg_monai.utils.boxes import expand_boxes, paired_iou
 from weakseg_monai.utils.matching import match_anchors, sample_anchors
@@ -95,8 +98,8 @@ class VoxResDetectorNet(nn.Module):
         }
 
 
-class WeakInstanceSegNet(nn.Module):
-    """Anchor-based 3D detector + RoIAlign mask head trained from boxes and partial masks.
+class WeakInstanceSegNet(InstanceModel):
+    """Anchor-based 3D detector + RoIAlign mask head trained from boxes and partial masks: the ``nuclei`` family.
 
     Args:
         num_classes: object classes (without background).
@@ -131,6 +134,7 @@ class WeakInstanceSegNet(nn.Module):
             loads with the constructor's values for them.
     """
 
+    family = "nuclei"
     # buffers added after the first checkpoints shipped: filled from the constructor when a state dict lacks them
     LATE_BUFFERS = ("score_thresh", "nms_thresh", "mask_context")
     # training-only properties TorchScript must not compile (ckpt_export scripts the export subclass)
@@ -383,16 +387,67 @@ class WeakInstanceSegNet(nn.Module):
         scale = max(1.0, float(np.prod([int(s) for s in spatial])) / LIMIT_REFERENCE_VOXELS)
         return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
 
+    # ------------------------------------------------------------------ the family contract (networks.family)
+    def dense_network(self) -> nn.Module:
+        return self.network
+
+    def grid_multiple(self) -> tuple[int, int, int]:
+        """The detection level's stride: the far face then lies on the anchor grid (``aligned_size``)."""
+        return tuple(int(s) for s in self.coarse_stride)  # type: ignore[return-value]
+
+    def block_halo(self) -> list[float]:
+        """1.5 x the largest anchor shape: an object centred in a block's core is whole in the block."""
+        return [1.5 * float(a) for a in self.anchor_shapes.max(dim=0).values.tolist()]
+
+    def merge_nms_threshold(self) -> float:
+        return float(self.nms_thresh)
+
+    def typical_object_um(self) -> np.ndarray:
+        """The middle anchor shape (by volume; k-means of the training boxes) in µm."""
+        anchors = self.anchor_shapes.detach().cpu().numpy()
+        middle = anchors[np.argsort(anchors.prod(axis=1))[len(anchors) // 2]]
+        return middle * self.working_spacing.detach().cpu().numpy()
+
+    def score_threshold(self) -> float:
+        return float(self.score_thresh)
+
+    def set_score_threshold(self, value: float) -> None:
+        self.score_thresh.fill_(float(value))
+
+    @contextmanager
+    def lowered_score_threshold(self, floor: float) -> Iterator[None]:
+        """Score threshold at ``floor`` and 4x the top-k candidates (a low floor lets more through to NMS)."""
+        saved, saved_topk = self.score_thresh.clone(), self.topk_candidates
+        self.score_thresh.fill_(float(floor))
+        self.topk_candidates = saved_topk * 4
+        try:
+            yield
+        finally:
+            self.score_thresh.copy_(saved)
+            self.topk_candidates = saved_topk
+
     @torch.no_grad()
     def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
         """Second half of inference from the dense outputs (whole volume or one block): anchors, top-k, 3D NMS,
-        RoIAlign mask head and paste-back, for each image of the batch."""
-        results = []
-        for i, (boxes, scores, classes) in enumerate(self.select_boxes(out, spatial)):
-            results.append(
-                self.segment_boxes(out["fine"][i : i + 1], out["coarse"][i : i + 1], boxes, scores, classes, spatial)
-            )
-        return results
+        RoIAlign mask head and paste-back, for each image of the batch (``instances`` of the contract)."""
+        return self.instances(out, spatial)
+
+    @torch.no_grad()
+    def find_objects(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
+        """``boxes (K, 6)``, ``scores (K,)``, ``classes (K,)`` per image: threshold, top-k, 3D NMS."""
+        return [
+            {"boxes": boxes, "scores": scores, "classes": classes}
+            for boxes, scores, classes in self.select_boxes(out, spatial)
+        ]
+
+    @torch.no_grad()
+    def object_masks(
+        self, out: dict[str, Tensor], index: int, found: dict[str, Tensor], keep: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The mask head's ``(k, M, M, M)`` probabilities in the frames ``mask_frames(boxes)`` of the kept boxes."""
+        frames = self.mask_frames(found["boxes"][keep])
+        fine, coarse = out["fine"][index : index + 1], out["coarse"][index : index + 1]
+        return frames, self.mask_probabilities(fine, coarse, frames)
 
     @torch.no_grad()
     def select_boxes(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -426,18 +481,10 @@ class WeakInstanceSegNet(nn.Module):
             return torch.zeros((0, *(self.mask_head.mask_size,) * 3), device=frames.device)
         return torch.sigmoid(torch.cat(chunks).float())
 
-    def segment_boxes(
-        self, fine: Tensor, coarse: Tensor, boxes: Tensor, scores: Tensor, classes: Tensor, spatial: Sequence[int]
-    ) -> dict[str, Tensor]:
-        """Second stage for one image: masks of the detected boxes pasted into an instance label volume."""
-        if boxes.shape[0]:
-            frames = self.mask_frames(boxes)
-            probs = self.mask_probabilities(fine, coarse, frames)
-            instances, keep = paste_masks_in_volume(probs, frames, scores, spatial, self.mask_threshold)
-            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        else:
-            instances = torch.zeros(tuple(spatial), dtype=torch.int32, device=boxes.device)
-        return {"boxes": boxes, "scores": scores, "labels": classes - 1, "instances": instances}
+
+register_family(
+    ModelFamily("nuclei", WeakInstanceSegNet, "weakseg_monai.planning.TrainingPlanner", train_config="train.json")
+)
 
 
 def split_mask_roi_budget(with_mask: Tensor, box_only: Tensor, budget: int) -> tuple[Tensor, Tensor]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import batched_nms, clip_boxes_to_image
 from torch import Tensor
+
+from weakseg_monai.data.instances import boxes_from_instances
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +73,13 @@ def paste_masks_in_volume(
     instances overlap the higher score wins.
 
     Args:
-        mask_probs: ``(K, M, M, M)`` in [0, 1]; boxes: ``(K, 6)``; scores: ``(K,)``.
+        mask_probs: ``(K, M, M, M)`` in [0, 1], or a list of K grids of any size each; boxes: ``(K, 6)``;
+            scores: ``(K,)``.
     Returns:
         ``labels (X, Y, Z)`` int32, value ``k + 1`` = the ``k``-th of the kept instances in input order,
         and ``keep (K,)`` bool: instances left with at least one voxel.
     """
-    device = mask_probs.device
+    device = boxes.device
     owner = torch.zeros(tuple(int(s) for s in spatial_size), dtype=torch.int32, device=device)
     size = torch.tensor([int(s) for s in spatial_size], device=device)
     order = torch.argsort(scores, descending=False)  # low first: higher scores overwrite
@@ -110,3 +114,24 @@ def compact_labels(labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
     relabel = torch.zeros(n + 1, dtype=labels.dtype, device=labels.device)
     relabel[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=labels.dtype, device=labels.device)
     return relabel[labels.long()], keep
+
+
+def objects_from_labels(labels: np.ndarray | Tensor) -> dict[str, Tensor]:
+    """``find_objects`` of a family whose second stage labels a volume (e.g. connected components): ``boxes (n, 6)``
+    of labels ``1..n`` of the ``(X, Y, Z)`` volume, score 1 and class 1 each, and the volume itself under
+    ``"labels"`` for ``label_masks``."""
+    volume = torch.as_tensor(np.asarray(labels, dtype=np.int32))
+    boxes = torch.from_numpy(boxes_from_instances(volume.numpy())).float()
+    n = boxes.shape[0]
+    return {"boxes": boxes, "scores": torch.ones(n), "classes": torch.ones(n, dtype=torch.long), "labels": volume}
+
+
+def label_masks(found: dict[str, Tensor], keep: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """``object_masks`` for ``objects_from_labels``: each kept object's box as its frame and its exact voxels in the
+    box as a 0/1 grid of the box's size (pasting it back at threshold 0.5 gives the same voxels)."""
+    frames = found["boxes"][keep]
+    masks = []
+    for k in torch.nonzero(keep).squeeze(1).tolist():
+        x0, y0, z0, x1, y1, z1 = (int(v) for v in found["boxes"][k].tolist())
+        masks.append((found["labels"][x0:x1, y0:y1, z0:z1] == k + 1).float())
+    return frames, masks

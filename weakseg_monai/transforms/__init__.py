@@ -9,12 +9,13 @@ from weakseg_monai.transforms.dictionary import (
     RandZoomBoxVolumed,
     ResampleToSpacingd,
     ShapeKeepingRandRotateBox90d,
-    ToWorkingGridd,
     resample_volume,
     scale_percentiles,
 )
+from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
 
 __all__ = [
+    "InputRule",
     "BoundedRandCropBoxByPosNegLabeld",
     "InstancesToSemanticd",
     "LoadWeakAnnotationd",

@@ -27,7 +27,7 @@ from monai.data.box_utils import spatial_crop_boxes
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.transforms.utils import map_binary_to_indices
 
-from weakseg_monai.conventions import as_boxes, as_count, as_fraction, as_spacing
+from weakseg_monai.conventions import as_boxes, as_fraction, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
@@ -275,60 +275,6 @@ def check_working_size(shape: Sequence[int], spacing: Sequence[float], working: 
             f"machine's memory). Check the file's physical size and unit, or pass the right one with "
             f'--spacing "[x, y, z]" (µm)'
         )
-
-
-class ToWorkingGridd(MapTransform):
-    """The model's input rule, one definition for inference, evaluation, training's validation and
-    ``WeakSegPredictor``: ``image (1, X, Y, Z)`` at ``spacing`` -> resampled to the network's working spacing
-    (``working_shape`` + ``resample_volume``, edge-aligned, as ``ResampleToSpacingd`` in training) and normalised
-    by its stored percentiles (``scale_percentiles``, = training's ``ScaleIntensityRangePercentilesd``). Adds
-    ``working_grid``: ``{"zoom": (3,), "original_shape": (X, Y, Z), "blockwise": bool}``.
-
-    A volume over ``max_voxels`` at the working spacing is left as it is (``blockwise=True``): it runs block by
-    block (``weakseg_monai.inference.blockwise``), which resamples and normalises each block itself in bounded
-    memory. The network's buffers are read at call time, so the rule follows a checkpoint loaded after the
-    transform was built (``CheckpointLoader`` at the evaluator's start; keep ``num_workers=0``).
-
-    Args:
-        network: the model whose ``working_spacing`` and ``intensity_percentiles`` buffers give the rule.
-        max_voxels: working-grid voxels above which the volume is left for the blockwise path; ``None``: never.
-    """
-
-    def __init__(self, network: torch.nn.Module, max_voxels: int | None = None, keys: KeysCollection = "image") -> None:
-        super().__init__(keys)
-        self.network = network
-        self.max_voxels = None if max_voxels is None else as_count(max_voxels, "--max_whole_voxels")
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        key = self.first_key(d)
-        if d.get(key) is None:  # an input that failed to load (``LoadInputd``): nothing to do
-            return d
-        if "error" not in d:  # a training / validation item: a failure stops the run
-            return self._to_working_grid(d, key)
-        try:  # an inference input (``LoadInputd``): its failure is recorded and the run goes on with the others
-            return self._to_working_grid(d, key)
-        except (ValueError, RuntimeError, OSError) as err:
-            d[key], d["error"] = None, str(err)
-            return d
-
-    def _to_working_grid(self, d: dict, key: Hashable) -> dict:
-        module = getattr(self.network, "module", self.network)
-        working_spacing = module.working_spacing.tolist()
-        original = tuple(int(s) for s in d[key].shape[1:])
-        new, zoom = working_shape(original, d["spacing"], working_spacing)
-        check_working_size(original, d["spacing"], new)
-        blockwise = self.max_voxels is not None and int(np.prod(new)) > self.max_voxels
-        if not blockwise:
-            d[key] = resample_volume(torch.as_tensor(d[key], dtype=torch.float32), new)
-            lower, upper = (float(v) for v in module.intensity_percentiles.tolist())
-            low, high = np.percentile(d[key].numpy(), [lower, upper])
-            warning = outlier_warning(d[key], low, high, upper, str(d.get("path") or d.get("id") or "input"))
-            if warning:
-                logger.warning(warning)
-            d[key] = normalise(d[key], low, high)
-        d["working_grid"] = {"zoom": zoom, "original_shape": original, "blockwise": blockwise}
-        return d
 
 
 class RandZoomBoxVolumed(RandZoomBoxd):
