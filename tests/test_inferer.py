@@ -32,11 +32,11 @@ def test_the_inferer_gives_the_predictors_output_per_volume(stack):
 
 def test_score_floor_lowers_the_threshold_only_during_the_call(stack):
     model = shipped_model()
-    threshold, topk = float(model.score_thresh), model.topk_candidates
+    threshold, topk = float(model.score_thresh), model.selector.topk_candidates
     plain = WeakSegInferer()(stack, model, spacing=(0.5, 0.5, 1.0))
     floored = WeakSegInferer(score_floor=0.01)(stack, model, spacing=(0.5, 0.5, 1.0))
     assert len(floored["scores"]) >= len(plain["scores"]) and floored["scores"].min() < threshold
-    assert float(model.score_thresh) == threshold and model.topk_candidates == topk
+    assert float(model.score_thresh) == threshold and model.selector.topk_candidates == topk
 
 
 def test_record_errors_turns_a_failed_volume_into_a_message(stack):

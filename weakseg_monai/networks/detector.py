@@ -34,10 +34,11 @@ from weakseg_monai.losses.partial_mask import PartialMaskLoss, project_masks_on_
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
-from weakseg_monai.networks.postprocess import select_detections
+from weakseg_monai.networks.mask_rois import split_mask_roi_budget, training_mask_rois  # noqa: F401 (re-exported)
+from weakseg_monai.networks.postprocess import BoxSelector
 from weakseg_monai.utils.anchors import make_anchor_generator
-from weakseg_monai.utils.boxes import expand_boxes, paired_iou
-from weakseg_monai.utils.matching import match_anchors, sample_anchors
+from weakseg_monai.utils.boxes import expand_boxes
+from weakseg_monai.utils.matching import POSITIVE_IOU, AnchorAssigner
 
 DEFAULT_ANCHOR_SHAPES = ((12.0, 12.0, 6.0), (18.0, 18.0, 10.0), (24.0, 24.0, 12.0))
 # in-plane-only stride in the stem (z is coarse at the working spacing), detection at stride (4, 4, 2)
@@ -46,9 +47,6 @@ DEFAULT_STRIDES = ((2, 2, 1), (2, 2, 2), (2, 2, 2))
 DEFAULT_BLOCKS = (1, 2, 2)
 # the stride of the detection level (backbone level 1): anchors sit at i * stride + stride // 2 of the input grid
 DETECTION_STRIDE = tuple(int(np.prod([s[a] for s in DEFAULT_STRIDES[:2]])) for a in range(3))
-MASK_ROI_IOU = 0.5  # a proposal trains the mask head only this close to its box (Mask R-CNN's positive RoIs)
-POSITIVE_IOU = 0.4  # the paper's matching: an anchor above this IoU with a ground-truth box is positive
-LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
 MASK_ROI_CHUNK = 256  # RoIs per mask-head call at inference: memory stays bounded with thousands of detections
 
 
@@ -201,17 +199,14 @@ class WeakInstanceSegNet(InstanceModel):
             norm=norm,
         )
         self.box_coder = BoxCoder(weights=(1.0,) * 6)
-        self.positive_iou = positive_iou
-        self.negative_iou = negative_iou
-        self.adaptive_candidates = adaptive_candidates
-        self.neg_pos_ratio = neg_pos_ratio
-        self.min_negatives = min_negatives
-        self.hard_negatives = hard_negatives
+        # the target assigner and sampler, and the box selector: parts with their own small constructors
+        self.assigner = AnchorAssigner(
+            positive_iou, negative_iou, adaptive_candidates, neg_pos_ratio, min_negatives, hard_negatives
+        )
         self.reg_weight = reg_weight
         self.smooth_l1_beta = smooth_l1_beta
         self.mask_rois_per_image = mask_rois_per_image
-        self.topk_candidates = topk_candidates
-        self.detections_per_image = detections_per_image
+        self.selector = BoxSelector(topk_candidates, detections_per_image)
         self.mask_threshold = mask_threshold
         # the two owners of mask supervision: voxel masks (the paper's BCE) and, for box-only instances, the box
         # terms (3D BoxInst; None or weight 0 = the paper: no mask loss for them)
@@ -277,14 +272,9 @@ class WeakInstanceSegNet(InstanceModel):
             annotated = annotated.to(anchors.device)
             default_ids = torch.arange(1, len(gt_boxes) + 1, device=anchors.device)
             instance_ids = target.get("instance_id", default_ids).long().to(anchors.device)
-            adaptive = None if self.adaptive_candidates is None else (self.adaptive_candidates, len(self.anchor_shapes))
-            matched = match_anchors(
-                anchors, gt_boxes, target.get("box_ignore"), self.positive_iou, self.negative_iou, adaptive
+            matched, pos, neg = self.assigner(
+                anchors, gt_boxes, target.get("box_ignore"), len(self.anchor_shapes), cls_logits[i]
             )
-            neg_scores = None
-            if self.hard_negatives:
-                neg_scores = 1.0 - torch.softmax(cls_logits[i].detach().float(), dim=1)[:, 0]
-            pos, neg = sample_anchors(matched, neg_scores, self.neg_pos_ratio, self.min_negatives)
             classes = torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
             classes[pos] = label_to_class_index(gt_labels[matched[pos]])
             all_pos.append(pos + i * num_anchors)
@@ -292,29 +282,19 @@ class WeakInstanceSegNet(InstanceModel):
             all_classes.append(classes)
             all_deltas.append(self.box_coder.encode_single(gt_boxes[matched[pos]], anchors[pos]))
 
-            # mask RoIs: positive proposals (detached) that overlap their box at IoU >= MASK_ROI_IOU + the GT boxes,
-            # as Mask R-CNN. Each RoI has one owner of its mask supervision: BCE (its instance has a voxel mask: the
-            # paper's mask-weight 1), the box terms (box only, when they are on; not for boxes a crop cut), or none
-            # (dropped here).
             proposals = self.box_coder.decode_single(box_deltas[i, pos].detach().float(), anchors[pos])
             proposals, _ = clip_boxes_to_image(proposals, spatial, remove_empty=False)
-            good = paired_iou(proposals, gt_boxes[matched[pos]]) >= MASK_ROI_IOU
-            boxes = torch.cat([proposals[good], gt_boxes])
-            gt_index = torch.cat([matched[pos][good], torch.arange(len(gt_boxes), device=anchors.device)])
-            sized = ((boxes[:, 3:] - boxes[:, :3]) >= 1.0).all(dim=1)
-            ignored = target.get("box_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool().to(sized.device)
-            with_mask = torch.nonzero(sized & annotated[gt_index]).squeeze(1)
-            box_only = torch.nonzero(sized & ~annotated[gt_index] & ~ignored[gt_index]).squeeze(1)
-            if not self.box_terms_active:
-                box_only = box_only[:0]
-            with_mask, box_only = split_mask_roi_budget(with_mask, box_only, self.mask_rois_per_image)
-            chosen = torch.cat([with_mask, box_only])
-            if chosen.numel():
-                roi_boxes.append(boxes[chosen])
-                roi_batch.append(torch.full((chosen.numel(),), i, dtype=torch.long, device=anchors.device))
-                roi_ids.append(instance_ids[gt_index[chosen]])
-                roi_weights.append(annotated[gt_index[chosen]].float())
-                roi_gt.append(gt_boxes[gt_index[chosen]])
+            ignored = target.get("box_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool)).bool()
+            boxes, gt_index = training_mask_rois(
+                proposals, gt_boxes, matched[pos], annotated, ignored.to(anchors.device), self.box_terms_active,
+                self.mask_rois_per_image,
+            )
+            if gt_index.numel():
+                roi_boxes.append(boxes)
+                roi_batch.append(torch.full((gt_index.numel(),), i, dtype=torch.long, device=anchors.device))
+                roi_ids.append(instance_ids[gt_index])
+                roi_weights.append(annotated[gt_index].float())
+                roi_gt.append(gt_boxes[gt_index])
 
         loss_cls, loss_reg = box_loss(
             cls_logits.reshape(-1, cls_logits.shape[-1]),
@@ -378,15 +358,6 @@ class WeakInstanceSegNet(InstanceModel):
         ``mask_context`` of their size per side."""
         return expand_boxes(boxes, float(self.mask_context))
 
-    def detection_limits(self, spatial: Sequence[int]) -> tuple[int, int]:
-        """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels.
-
-        The constructor's values hold per ``LIMIT_REFERENCE_VOXELS`` (a 128 x 128 x 32 tile) and scale with
-        the volume, so a stitched light-sheet stack of thousands of nuclei is not capped at a tile's count.
-        """
-        scale = max(1.0, float(np.prod([int(s) for s in spatial])) / LIMIT_REFERENCE_VOXELS)
-        return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
-
     # ------------------------------------------------------------------ the family contract (networks.family)
     def dense_network(self) -> nn.Module:
         return self.network
@@ -417,14 +388,14 @@ class WeakInstanceSegNet(InstanceModel):
     @contextmanager
     def lowered_score_threshold(self, floor: float) -> Iterator[None]:
         """Score threshold at ``floor`` and 4x the top-k candidates (a low floor lets more through to NMS)."""
-        saved, saved_topk = self.score_thresh.clone(), self.topk_candidates
+        saved, saved_topk = self.score_thresh.clone(), self.selector.topk_candidates
         self.score_thresh.fill_(float(floor))
-        self.topk_candidates = saved_topk * 4
+        self.selector.topk_candidates = saved_topk * 4
         try:
             yield
         finally:
             self.score_thresh.copy_(saved)
-            self.topk_candidates = saved_topk
+            self.selector.topk_candidates = saved_topk
 
     @torch.no_grad()
     def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
@@ -455,18 +426,10 @@ class WeakInstanceSegNet(InstanceModel):
         anchors = self.anchors(spatial, out["cls_logits"])
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
-        topk, max_detections = self.detection_limits(spatial)
         return [
-            select_detections(
-                cls_logits[i],
-                box_deltas[i],
-                anchors,
-                self.box_coder,
-                spatial,
-                float(self.score_thresh),
-                topk,
+            self.selector(
+                cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial, float(self.score_thresh),
                 float(self.nms_thresh),
-                max_detections,
             )
             for i in range(cls_logits.shape[0])
         ]
@@ -485,15 +448,3 @@ class WeakInstanceSegNet(InstanceModel):
 register_family(
     ModelFamily("nuclei", WeakInstanceSegNet, "weakseg_monai.planning.TrainingPlanner", train_config="train.json")
 )
-
-
-def split_mask_roi_budget(with_mask: Tensor, box_only: Tensor, budget: int) -> tuple[Tensor, Tensor]:
-    """Random subsets of two RoI index sets within ``budget``: half each (the masked half rounded up), and
-    what one side does not use goes to the other, so a step costs no more mask-head RoIs than before."""
-    take_mask = min(with_mask.numel(), max(budget - box_only.numel(), (budget + 1) // 2))
-    take_box = min(box_only.numel(), budget - take_mask)
-
-    def pick(index: Tensor, n: int) -> Tensor:
-        return index[torch.randperm(index.numel(), device="cpu")[:n].to(index.device)] if index.numel() > n else index
-
-    return pick(with_mask, take_mask), pick(box_only, take_box)

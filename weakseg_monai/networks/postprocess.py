@@ -64,6 +64,48 @@ def select_detections(
     return boxes[keep], scores[keep], classes[keep]
 
 
+LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
+
+
+class BoxSelector:
+    """The detector's box selector: ``select_detections`` (score threshold, top-k, 3D NMS) with limits that scale
+    with the volume.
+
+    Args:
+        topk_candidates, detections_per_image: per ``LIMIT_REFERENCE_VOXELS`` (a 128 x 128 x 32 tile) of working
+            voxels, scaled up with the volume, so a stitched light-sheet stack of thousands of nuclei is not capped
+            at a tile's count (a warning says when they cut).
+        min_size: boxes narrower than this (voxels) on some axis are dropped.
+    """
+
+    def __init__(self, topk_candidates: int = 1000, detections_per_image: int = 300, min_size: float = 1.0) -> None:
+        self.topk_candidates = topk_candidates
+        self.detections_per_image = detections_per_image
+        self.min_size = min_size
+
+    def limits(self, spatial: Sequence[int]) -> tuple[int, int]:
+        """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels."""
+        scale = max(1.0, float(np.prod([int(s) for s in spatial])) / LIMIT_REFERENCE_VOXELS)
+        return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
+
+    def __call__(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        box_coder: BoxCoder,
+        spatial: Sequence[int],
+        score_thresh: float,
+        nms_thresh: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's ``cls_logits (A, c)`` and ``box_deltas (A, 6)`` -> boxes, scores, class indices (>= 1)."""
+        topk, max_detections = self.limits(spatial)
+        return select_detections(
+            cls_logits, box_deltas, anchors, box_coder, spatial, score_thresh, topk, nms_thresh, max_detections,
+            self.min_size,
+        )
+
+
 def paste_masks_in_volume(
     mask_probs: Tensor, boxes: Tensor, scores: Tensor, spatial_size: Sequence[int], threshold: float = 0.5
 ) -> tuple[Tensor, Tensor]:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg_monai.conventions import as_count, as_flag, as_fraction, as_size, as_spacing
-from weakseg_monai.networks.detector import DEFAULT_STRIDES, DETECTION_STRIDE, POSITIVE_IOU
+from weakseg_monai.networks.detector import DEFAULT_STRIDES, DETECTION_STRIDE
 from weakseg_monai.planning.fingerprint import (
     DatasetFingerprint,
     VolumeBoxes,
@@ -42,6 +42,7 @@ from weakseg_monai.planning.fingerprint import (
     training_volumes,
 )
 from weakseg_monai.utils.anchors import anchor_hits, anchor_shapes_covering, anchor_shapes_from_boxes
+from weakseg_monai.utils.matching import POSITIVE_IOU
 
 logger = logging.getLogger(__name__)
 

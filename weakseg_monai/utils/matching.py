@@ -24,6 +24,7 @@ from torch import Tensor
 NEGATIVE = -1
 IGNORE = -2
 ADAPTIVE_BELOW = 0.5  # ATSS runs for the boxes whose best anchor IoU is below this (the rest fit the anchors)
+POSITIVE_IOU = 0.4  # the paper's matching: an anchor above this IoU with a ground-truth box is positive
 
 
 def atss_positives(iou: Tensor, gt_boxes: Tensor, anchors: Tensor, candidates: int, per_location: int) -> Tensor:
@@ -49,7 +50,7 @@ def match_anchors(
     anchors: Tensor,
     gt_boxes: Tensor,
     gt_ignore: Tensor | None = None,
-    positive_iou: float = 0.4,
+    positive_iou: float = POSITIVE_IOU,
     negative_iou: float | None = None,
     adaptive: tuple[int, int] | None = None,
 ) -> Tensor:
@@ -113,3 +114,45 @@ def sample_anchors(
     else:
         order = torch.randperm(neg.numel(), generator=generator, device="cpu")[:n_neg].to(neg.device)
     return pos, neg[order]
+
+
+class AnchorAssigner:
+    """The detector's target assigner and sampler, one image at a time: which anchors are positive for which box
+    (``match_anchors``: the paper's rule, plus ATSS for boxes no anchor shape fits) and which anchors the log loss
+    sees (``sample_anchors``: every positive and the hardest negatives).
+
+    Args:
+        positive_iou, negative_iou: the paper's matching (0.4, no ignore band).
+        adaptive_candidates: ATSS candidates per box (``match_anchors``' ``adaptive``); None: the paper's rule alone.
+        neg_pos_ratio, min_negatives: negatives per positive, and at least this many.
+        hard_negatives: the negatives the model scores highest as foreground (else a random subset).
+    """
+
+    def __init__(
+        self,
+        positive_iou: float = POSITIVE_IOU,
+        negative_iou: float | None = None,
+        adaptive_candidates: int | None = 9,
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 32,
+        hard_negatives: bool = True,
+    ) -> None:
+        self.positive_iou = positive_iou
+        self.negative_iou = negative_iou
+        self.adaptive_candidates = adaptive_candidates
+        self.neg_pos_ratio = neg_pos_ratio
+        self.min_negatives = min_negatives
+        self.hard_negatives = hard_negatives
+
+    def __call__(
+        self, anchors: Tensor, gt_boxes: Tensor, gt_ignore: Tensor | None, per_location: int, cls_logits: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(matched (A,), positives, negatives)`` for ``anchors (A, 6)`` (``per_location`` shapes per location,
+        location by location) and one image's ``gt_boxes (G, 6)``; ``cls_logits (A, c)`` rank the hard negatives."""
+        adaptive = None if self.adaptive_candidates is None else (self.adaptive_candidates, per_location)
+        matched = match_anchors(anchors, gt_boxes, gt_ignore, self.positive_iou, self.negative_iou, adaptive)
+        negative_scores = None
+        if self.hard_negatives:
+            negative_scores = 1.0 - torch.softmax(cls_logits.detach().float(), dim=1)[:, 0]
+        positives, negatives = sample_anchors(matched, negative_scores, self.neg_pos_ratio, self.min_negatives)
+        return matched, positives, negatives
