@@ -163,10 +163,12 @@ def train_step_times(repeats: int = 9) -> dict:
     """Median seconds of one training step (batch 2 of 64 x 64 x 32) of the whole model, of the same model with
     the box-supervised mask loss on (``mask_context`` 0.25), and of the backbone alone."""
     from weakseg_monai.losses import BoxSupervisedMaskLoss
-    from weakseg_monai.networks import WeakInstanceSegNet
+    from weakseg_monai.networks import MaskBranch, WeakInstanceSegNet
 
     model = WeakInstanceSegNet().train()
-    boxed = WeakInstanceSegNet(mask_context=0.25, box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0)).train()
+    boxed = WeakInstanceSegNet(
+        mask_branch=MaskBranch(context=0.25, box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0))
+    ).train()
     boxed.load_state_dict(model.state_dict())
     x, targets = training_batch(2, (64, 64, 32))
 

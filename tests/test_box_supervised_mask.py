@@ -6,11 +6,18 @@ import torch
 
 from weakseg_monai.losses import BoxSupervisedMaskLoss, pairwise_loss, projection_loss
 from weakseg_monai.losses.box_supervised_mask import box_in_roi_grid, neighbour_offsets
-from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
 from weakseg_monai.networks.detector import split_mask_roi_budget
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
 
-SMALL = dict(channels=(8, 16, 24), blocks=(1, 1, 1), roi_size=4, mask_channels=8, anchor_shapes=[[8, 8, 4]])
+
+def small_model(anchor_shapes=((8, 8, 4),), roi_size: int = 4, **branch) -> WeakInstanceSegNet:
+    """A small detector whose mask branch takes ``branch`` (``context``, ``box_mask_loss``)."""
+    return WeakInstanceSegNet(
+        VoxResDetectorNet(channels=(8, 16, 24), blocks=(1, 1, 1), num_anchors=len(anchor_shapes)),
+        anchor_shapes,
+        mask_branch=MaskBranch(roi_size=roi_size, mask_channels=8, **branch),
+    )
 
 
 def test_the_gt_box_is_drawn_into_the_roi_grid():
@@ -89,7 +96,7 @@ def _mask_head_gradient(model: WeakInstanceSegNet, key: str) -> float:
 
 def test_box_only_instances_teach_the_mask_head_only_through_the_box_terms():
     torch.manual_seed(0)
-    with_box_terms = WeakInstanceSegNet(box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0), **SMALL)
+    with_box_terms = small_model(box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=0))
     assert "loss_mask_box" in with_box_terms(*_batch())
     assert _mask_head_gradient(with_box_terms, "loss_mask_box") > 0
 
@@ -112,7 +119,7 @@ def test_box_terms_train_the_mask_head_and_the_backbone_only_when_asked():
     for train_backbone in (False, True):
         torch.manual_seed(0)
         loss = BoxSupervisedMaskLoss(warmup_iterations=0, train_backbone=train_backbone)
-        model = WeakInstanceSegNet(mask_context=0.25, box_mask_loss=loss, **SMALL).train()
+        model = small_model(context=0.25, box_mask_loss=loss).train()
         losses = model(*_batch())
         model.zero_grad()
         losses["loss_mask_box"].backward()
@@ -128,10 +135,10 @@ def test_box_terms_train_the_mask_head_and_the_backbone_only_when_asked():
 
 
 def test_without_box_terms_the_model_is_the_papers():
-    model = WeakInstanceSegNet(**SMALL)
+    model = small_model()
     losses = model.train()(*_batch())
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
-    off = WeakInstanceSegNet(box_mask_loss=BoxSupervisedMaskLoss(weight=0.0), **SMALL)
+    off = small_model(box_mask_loss=BoxSupervisedMaskLoss(weight=0.0))
     assert set(off.train()(*_batch())) == {"loss_cls", "loss_box_reg", "loss_mask"}
 
 
@@ -157,8 +164,9 @@ def test_boxes_alone_teach_the_mask_head_to_segment_its_training_nuclei():
         "mask_annotated": torch.zeros(4, dtype=torch.bool),  # boxes only
         "instances": torch.zeros_like(truth),
     }
-    small = {**SMALL, "roi_size": 6, "anchor_shapes": [[10, 10, 7]]}
-    model = WeakInstanceSegNet(mask_context=0.25, box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=20), **small)
+    model = small_model(
+        [[10, 10, 7]], roi_size=6, context=0.25, box_mask_loss=BoxSupervisedMaskLoss(warmup_iterations=20)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.005)
     model.train()
     for _ in range(100):

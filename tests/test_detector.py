@@ -9,10 +9,20 @@ from monai.data.box_utils import box_iou
 
 from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.synthetic import NucleusModel, generate_stack
-from weakseg_monai.networks.detector import WeakInstanceSegNet
+from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
 from weakseg_monai.utils.anchors import anchor_shapes_from_boxes
+from weakseg_monai.utils.matching import AnchorAssigner
 
-SMALL = dict(channels=(8, 16, 24), blocks=(1, 1, 1), roi_size=8, mask_channels=16, min_negatives=16)
+
+def small_model(anchor_shapes, **kwargs) -> WeakInstanceSegNet:
+    """A small detector composed from its parts (fewer channels, one block per stage, 16 negatives at least)."""
+    return WeakInstanceSegNet(
+        VoxResDetectorNet(channels=(8, 16, 24), blocks=(1, 1, 1), num_anchors=len(anchor_shapes)),
+        anchor_shapes,
+        assigner=AnchorAssigner(min_negatives=16),
+        mask_branch=MaskBranch(roi_size=8, mask_channels=16),
+        **kwargs,
+    )
 
 
 def _tiny_case(annotate_every: int = 2):
@@ -46,7 +56,7 @@ def _flipped(x, target):
 def test_training_returns_finite_loss_parts_and_every_part_learns():
     torch.manual_seed(0)
     x, target, *_ = _tiny_case()
-    model = WeakInstanceSegNet(anchor_shapes=[[14, 14, 8], [20, 20, 10]], **SMALL).train()
+    model = small_model([[14, 14, 8], [20, 20, 10]]).train()
     losses = model(x, [target])
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
@@ -55,7 +65,7 @@ def test_training_returns_finite_loss_parts_and_every_part_learns():
         "network.backbone.stages.0.0.weight",
         "network.head.cls_logits.weight",
         "network.head.box_regression.weight",
-        "mask_head.logits.weight",
+        "mask_branch.head.logits.weight",
     ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
@@ -64,7 +74,7 @@ def test_training_returns_finite_loss_parts_and_every_part_learns():
 def test_batch_without_annotated_masks_gives_zero_mask_loss_through_the_head():
     torch.manual_seed(0)
     x, target, *_ = _tiny_case(annotate_every=0)
-    model = WeakInstanceSegNet(anchor_shapes=[[14, 14, 8]], **SMALL).train()
+    model = small_model([[14, 14, 8]]).train()
     losses = model(x, [target])
     assert losses["loss_mask"].item() == 0.0
     sum(losses.values()).backward()
@@ -74,7 +84,7 @@ def test_batch_without_annotated_masks_gives_zero_mask_loss_through_the_head():
 
 def test_eval_output_and_input_errors():
     x, *_ = _tiny_case()
-    model = WeakInstanceSegNet(anchor_shapes=[[14, 14, 8]], score_thresh=0.0, **SMALL).eval()
+    model = small_model([[14, 14, 8]], score_thresh=0.0).eval()
     (out,) = model(x)
     assert set(out) == {"boxes", "scores", "labels", "instances"}
     assert out["instances"].shape == (48, 48, 16) and out["instances"].dtype == torch.int32
@@ -91,12 +101,12 @@ def test_eval_output_and_input_errors():
 
 
 def test_dense_network_scripts_and_anchor_shapes_travel_with_the_weights():
-    model = WeakInstanceSegNet(anchor_shapes=[[14, 14, 8], [20, 20, 10]], **SMALL).eval()
+    model = small_model([[14, 14, 8], [20, 20, 10]]).eval()
     scripted = torch.jit.script(model.network)
     x = torch.randn(1, 1, 32, 32, 16)
     for key, value in model.network(x).items():
         assert torch.allclose(scripted(x)[key], value)
-    other = WeakInstanceSegNet(anchor_shapes=[[10, 10, 4], [12, 12, 6]], **SMALL)
+    other = small_model([[10, 10, 4], [12, 12, 6]])
     other.load_state_dict(model.state_dict())
     assert other.anchor_shapes.tolist() == [[14, 14, 8], [20, 20, 10]]
     anchors = other.anchors(x.shape[2:], torch.zeros(1, 1, 8, 8, 4))
@@ -110,7 +120,7 @@ def test_overfit_one_stack_detects_all_and_segments_annotated():
     x, target, instances, boxes, annotated = _tiny_case()
     xf, tf = _flipped(x, target)
     batch, targets = torch.cat([x, xf]), [target, tf]
-    model = WeakInstanceSegNet(anchor_shapes=anchor_shapes_from_boxes(boxes, 2), **SMALL)
+    model = small_model(anchor_shapes_from_boxes(boxes, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):

@@ -116,9 +116,11 @@ def test_an_absurd_spacing_is_refused_before_any_allocation():
     import torch
 
     from weakseg_monai.inference import WeakSegPredictor
-    from weakseg_monai.networks import WeakInstanceSegNet
+    from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
 
-    predictor = WeakSegPredictor(WeakInstanceSegNet(channels=(8, 8, 8), mask_channels=8, roi_size=4))
+    branch = MaskBranch(roi_size=4, mask_channels=8)
+    small = WeakInstanceSegNet(VoxResDetectorNet(channels=(8, 8, 8)), mask_branch=branch)
+    predictor = WeakSegPredictor(small)
     with pytest.raises(ValueError, match=r"spacing \(500.0, 500.0, 1.0\) µm looks wrong.*--spacing"):
         predictor(torch.zeros(1, 64, 64, 16), (500.0, 500.0, 1.0))
 

@@ -12,7 +12,7 @@ import torch
 from weakseg_monai.data.datalist import load_validation_items, write_datalist
 from weakseg_monai.data.synthetic import SUITE, write_synthetic_dataset
 from weakseg_monai.inference import WeakSegPredictor
-from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.networks import MaskBranch, WeakInstanceSegNet
 from weakseg_monai.planning import DatasetFingerprint, TrainingPlanner, dataset_fingerprint, format_plan
 from weakseg_monai.planning.planner import (
     MIN_CORE_CONTRAST,
@@ -133,9 +133,8 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
         working_spacing=[0.21, 0.21, 0.44],
         score_thresh=0.35,
         nms_thresh=0.45,
-        mask_context=0.25,
     )
-    trained = WeakInstanceSegNet(**planned)
+    trained = WeakInstanceSegNet(**planned, mask_branch=MaskBranch(context=0.25))
     torch.save(trained.state_dict(), tmp_path / "model.pt")
     loaded = WeakInstanceSegNet(anchor_shapes=[[1.0, 1.0, 1.0]] * 2)
     loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
@@ -146,9 +145,11 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
     assert WeakSegPredictor(loaded).working_spacing == pytest.approx(tuple(planned["working_spacing"]))
 
 
-def test_checkpoints_from_before_the_threshold_buffers_still_load():
-    old = WeakInstanceSegNet().state_dict()
-    del old["score_thresh"], old["nms_thresh"], old["mask_context"]
+def test_checkpoints_from_before_the_threshold_buffers_and_the_mask_branch_still_load():
+    new = WeakInstanceSegNet().state_dict()
+    late = ("score_thresh", "nms_thresh", "mask_branch.context")
+    old = {k.replace("mask_branch.head.", "mask_head."): v for k, v in new.items() if k not in late}
+    assert any(k.startswith("mask_head.") for k in old)
     model = WeakInstanceSegNet()
     model.load_state_dict(old)
     assert float(model.score_thresh) == pytest.approx(0.5) and float(model.nms_thresh) == pytest.approx(0.3)
@@ -192,10 +193,10 @@ def test_box_terms_reach_the_backbone_only_where_they_lead():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_DIR / "configs" / "train.json"))
     parser.update({"bundle_root": str(BUNDLE_DIR), "box_terms_train_backbone": "false", "box_mask_loss_weight": 1.0})
-    assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is False
+    assert parser.get_parsed_content("network_def#mask_branch#box_mask_loss").train_backbone is False
     assert parser.get_parsed_content("mask_context") == 0.1
     parser.update({"box_terms_train_backbone": True})
-    assert parser.get_parsed_content("network_def#box_mask_loss").train_backbone is True
+    assert parser.get_parsed_content("network_def#mask_branch#box_mask_loss").train_backbone is True
     assert parser.get_parsed_content("mask_context") == 0.25
 
 

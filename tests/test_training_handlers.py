@@ -21,7 +21,7 @@ from weakseg_monai.engines.handlers import (
     threshold_counts,
 )
 from weakseg_monai.inference import WeakSegPredictor, run_inference
-from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
 
 
 def _evaluator_reporting(values: list[float]) -> Engine:
@@ -37,7 +37,8 @@ def _evaluator_reporting(values: list[float]) -> Engine:
 
 
 def _small_model() -> WeakInstanceSegNet:
-    return WeakInstanceSegNet(channels=(8, 8, 8), mask_channels=8, roi_size=4)
+    branch = MaskBranch(roi_size=4, mask_channels=8)
+    return WeakInstanceSegNet(VoxResDetectorNet(channels=(8, 8, 8)), mask_branch=branch)
 
 
 @pytest.mark.parametrize(

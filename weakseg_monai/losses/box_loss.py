@@ -38,3 +38,21 @@ def box_loss(
         return loss_cls, box_deltas.sum() * 0.0
     reg = F.smooth_l1_loss(box_deltas[positives], target_deltas, beta=smooth_l1_beta, reduction="sum")
     return loss_cls, reg_weight * reg / positives.numel()
+
+
+class DetectionLoss:
+    """L_box as the detector's injected part: ``box_loss`` with its two settings.
+
+    Args:
+        reg_weight: λ; smooth_l1_beta: the smooth-L1 transition (1/9 as torchvision's RPN).
+    """
+
+    def __init__(self, reg_weight: float = 1.0, smooth_l1_beta: float = 1.0 / 9.0) -> None:
+        self.reg_weight = reg_weight
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def __call__(self, cls_logits, box_deltas, classes, target_deltas, positives, negatives):
+        """``(loss_cls, loss_box_reg)``; arguments as ``box_loss``."""
+        return box_loss(
+            cls_logits, box_deltas, classes, target_deltas, positives, negatives, self.reg_weight, self.smooth_l1_beta
+        )

@@ -5,9 +5,11 @@ from weakseg_monai.networks.baseline import VoxResSegNet
 from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNet
 from weakseg_monai.networks.export import WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
+from weakseg_monai.networks.mask_branch import MaskBranch
 
 __all__ = [
     "DetectionHead3D",
+    "MaskBranch",
     "MaskHead3D",
     "VoxResBackbone",
     "VoxResBlock",
