@@ -7,7 +7,7 @@ import torch
 from weakseg_monai.losses import BoxSupervisedMaskLoss, pairwise_loss, projection_loss
 from weakseg_monai.losses.box_supervised_mask import box_in_roi_grid, neighbour_offsets
 from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
-from weakseg_monai.networks.detector import split_mask_roi_budget
+from weakseg_monai.networks.mask_rois import split_mask_roi_budget
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
 
 

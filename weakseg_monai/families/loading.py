@@ -1,7 +1,7 @@
 """``load_model(path)``: the model of any family from its ``model.pt`` (or a training checkpoint).
 
-The file is read with ``torch.load(..., weights_only=True)``; its family id sits in the root module's extra state
-(the ``family_code`` buffer of ``InstanceModel``), and a file from before families (no id) is a ``nuclei`` model.
+The file is read with ``torch.load(..., weights_only=True)``; its family id is the ``family_code`` entry (a uint8
+buffer of ``InstanceModel``), and a file from before families (no id) is a ``nuclei`` model.
 """
 
 from __future__ import annotations

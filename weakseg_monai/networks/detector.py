@@ -33,7 +33,7 @@ from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
 from weakseg_monai.networks.mask_branch import MaskBranch
-from weakseg_monai.networks.mask_rois import split_mask_roi_budget, training_mask_rois  # noqa: F401 (re-exported)
+from weakseg_monai.networks.mask_rois import training_mask_rois
 from weakseg_monai.networks.postprocess import BoxSelector
 from weakseg_monai.utils.anchors import make_anchor_generator
 from weakseg_monai.utils.matching import AnchorAssigner
@@ -150,8 +150,6 @@ class WeakInstanceSegNet(InstanceModel):
             network.set_num_anchors(len(anchor_shapes))
         self.network = network
         self.num_classes = network.num_classes
-        cumulative = network.backbone.cumulative_strides()
-        self.coarse_stride = cumulative[network.detection_level]
         self.mask_branch = mask_branch if mask_branch is not None else MaskBranch()
         self.mask_branch.bind(network)
         self.box_coder = BoxCoder(weights=(1.0,) * 6)
@@ -280,7 +278,8 @@ class WeakInstanceSegNet(InstanceModel):
 
     def grid_multiple(self) -> tuple[int, int, int]:
         """The detection level's stride: the far face then lies on the anchor grid (``aligned_size``)."""
-        return tuple(int(s) for s in self.coarse_stride)  # type: ignore[return-value]
+        stride = self.network.backbone.cumulative_strides()[self.network.detection_level]
+        return tuple(int(s) for s in stride)  # type: ignore[return-value]
 
     def block_halo(self) -> list[float]:
         """1.5 x the largest anchor shape: an object centred in a block's core is whole in the block."""

@@ -3,9 +3,9 @@
 A volume of any spacing goes to the model's working grid (``to_working``: edge-aligned resampling to the working
 spacing, each size a whole number of the grid multiple where that moves it by at most 10%, then per-image
 percentile normalisation clamped to ``INTENSITY_CLAMP``), and results come back to the input's own voxel grid
-(``from_working``). Whole-volume inference, validation (``ToWorkingGridd``), the blockwise runner and the
-predictor all use this one rule, read from the model's buffers (``InputRule.of(model)``) or from a plan
-(``InputRule.from_plan``).
+(``boxes_from_working``, ``labels_from_working``). Whole-volume inference, validation (``ToWorkingGridd``), the
+blockwise runner and the predictor all use this one rule, read from the model's buffers (``InputRule.of(model)``).
+Training's transforms in ``train.json`` still compose the same steps from the plan's values.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from weakseg_monai.conventions import as_count, as_spacing
+from weakseg_monai.conventions import as_count
 from weakseg_monai.transforms.dictionary import (
     DETECTION_STRIDE,
     aligned_size,
@@ -52,12 +52,6 @@ class InputRule:
             tuple(int(v) for v in model.grid_multiple()),  # type: ignore[arg-type]
         )
 
-    @classmethod
-    def from_plan(cls, plan: Mapping) -> InputRule:
-        """The rule of a training plan (``plan.json`` / ``TrainingPlanner.plan()``)."""
-        percentiles = plan.get("intensity_percentiles", (1.0, 99.8))
-        return cls(tuple(as_spacing(plan["working_spacing"])), tuple(float(v) for v in percentiles))  # type: ignore[arg-type]
-
     # ------------------------------------------------------------------ geometry
     def working_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """``(working shape, zoom = working / input)`` per axis (x, y, z) for a volume of ``shape`` at ``spacing``."""
@@ -88,7 +82,7 @@ class InputRule:
         new, zoom = self.working_shape(original, spacing)
         check_working_size(original, spacing, new)
         x = resample_volume(torch.as_tensor(image, dtype=torch.float32), new)
-        low, high = np.percentile(x.numpy(), list(self.intensity_percentiles))
+        low, high = self.intensity_range(x)
         warning = self.outliers(x, low, high, name)
         return normalise(x, low, high), {"zoom": zoom, "original_shape": original}, warning
 
