@@ -9,7 +9,7 @@ from monai.data.box_utils import box_iou
 
 from weakseg_monai.data.instances import boxes_from_instances
 from weakseg_monai.data.synthetic import NucleusModel, generate_stack
-from weakseg_monai.networks import MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
+from weakseg_monai.networks import BoxSelector, MaskBranch, VoxResDetectorNet, WeakInstanceSegNet
 from weakseg_monai.utils.anchors import anchor_shapes_from_boxes
 from weakseg_monai.utils.matching import AnchorAssigner
 
@@ -84,7 +84,7 @@ def test_batch_without_annotated_masks_gives_zero_mask_loss_through_the_head():
 
 def test_eval_output_and_input_errors():
     x, *_ = _tiny_case()
-    model = small_model([[14, 14, 8]], score_thresh=0.0).eval()
+    model = small_model([[14, 14, 8]], selector=BoxSelector(score_thresh=0.0)).eval()
     (out,) = model(x)
     assert set(out) == {"boxes", "scores", "labels", "instances"}
     assert out["instances"].shape == (48, 48, 16) and out["instances"].dtype == torch.int32

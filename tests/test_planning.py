@@ -12,7 +12,7 @@ import torch
 from weakseg_monai.data.datalist import load_validation_items, write_datalist
 from weakseg_monai.data.synthetic import SUITE, write_synthetic_dataset
 from weakseg_monai.inference import WeakSegPredictor
-from weakseg_monai.networks import MaskBranch, WeakInstanceSegNet
+from weakseg_monai.networks import BoxSelector, MaskBranch, WeakInstanceSegNet
 from weakseg_monai.planning import DatasetFingerprint, TrainingPlanner, dataset_fingerprint, format_plan
 from weakseg_monai.planning.planner import (
     MIN_CORE_CONTRAST,
@@ -131,10 +131,8 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
     planned = dict(
         anchor_shapes=[[10.0, 10.0, 6.0], [16.0, 16.0, 10.0]],
         working_spacing=[0.21, 0.21, 0.44],
-        score_thresh=0.35,
-        nms_thresh=0.45,
     )
-    trained = WeakInstanceSegNet(**planned, mask_branch=MaskBranch(context=0.25))
+    trained = WeakInstanceSegNet(**planned, mask_branch=MaskBranch(context=0.25), selector=BoxSelector(0.35, 0.45))
     torch.save(trained.state_dict(), tmp_path / "model.pt")
     loaded = WeakInstanceSegNet(anchor_shapes=[[1.0, 1.0, 1.0]] * 2)
     loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
@@ -145,11 +143,15 @@ def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
     assert WeakSegPredictor(loaded).working_spacing == pytest.approx(tuple(planned["working_spacing"]))
 
 
-def test_checkpoints_from_before_the_threshold_buffers_and_the_mask_branch_still_load():
+def test_checkpoints_from_before_the_threshold_buffers_the_mask_branch_and_the_selector_still_load():
     new = WeakInstanceSegNet().state_dict()
-    late = ("score_thresh", "nms_thresh", "mask_branch.context")
+    late = ("selector.score_thresh", "selector.nms_thresh", "mask_branch.context")
     old = {k.replace("mask_branch.head.", "mask_head."): v for k, v in new.items() if k not in late}
     assert any(k.startswith("mask_head.") for k in old)
+    moved = dict(old, score_thresh=torch.tensor(0.4), nms_thresh=torch.tensor(0.2))  # before the selector was a part
+    model = WeakInstanceSegNet()
+    model.load_state_dict(moved)
+    assert float(model.score_thresh) == pytest.approx(0.4) and float(model.nms_thresh) == pytest.approx(0.2)
     model = WeakInstanceSegNet()
     model.load_state_dict(old)
     assert float(model.score_thresh) == pytest.approx(0.5) and float(model.nms_thresh) == pytest.approx(0.3)

@@ -48,7 +48,7 @@ def _checkpoint_variants(folder):
     import torch
 
     shipped = torch.load(BUNDLE_DIR / "models" / "model.pt", weights_only=True)
-    nan = dict(shipped, score_thresh=torch.tensor(float("nan")))
+    nan = dict(shipped, **{"selector.score_thresh": torch.tensor(float("nan"))})
     weight = next(k for k, v in shipped.items() if v.ndim == 5)
     wrong_shape = dict(shipped, **{weight: torch.zeros(2, 1, 3, 3, 3)})
 
@@ -63,7 +63,7 @@ def _checkpoint_variants(folder):
     (folder / "corrupt.pt").write_bytes(b"definitely not a checkpoint" * 10)
     (folder / "truncated.pt").write_bytes((BUNDLE_DIR / "models" / "model.pt").read_bytes()[:5000])
     return {
-        "nan": "tensor 'score_thresh' holds NaN or inf",
+        "nan": "tensor 'selector.score_thresh' holds NaN or inf",
         "tensor": "holds Tensor, not a state dict",
         "keys": "does not fit WeakInstanceSegNet",
         "shape": "size mismatch",
@@ -87,7 +87,7 @@ def test_a_broken_foreign_or_nan_checkpoint_is_refused_naming_the_file(tmp_path)
         assert "weights_only" not in str(err.value)
     assert checked_checkpoint(BUNDLE_DIR / "models" / "model.pt", network).endswith("model.pt")
     result = run_cli(*INFERENCE, "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(tmp_path / "nan.pt"))
-    assert result.returncode != 0 and "nan.pt: tensor 'score_thresh'" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and "nan.pt: tensor 'selector.score_thresh'" in result.stderr.strip().splitlines()[-1]
 
 
 def test_score_picks_our_prediction_files_and_refuses_an_ambiguous_folder(tmp_path):

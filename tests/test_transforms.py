@@ -168,7 +168,7 @@ def test_loader_reads_tiff_spacing_and_keeps_xyz(tmp_path):
 
 def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(synthetic_dataset, tmp_path):
     """``ToWorkingGridd`` is the preprocessing every predicting workflow composes (and the predictor's own), and
-    it gives what training's load transforms give the image (ResampleToSpacingd + percentile scaling)."""
+    it gives what training's load transforms give the image (``InputRuled``), to the bit."""
     from weakseg_monai.inference import WeakSegPredictor
     from weakseg_monai.networks import WeakInstanceSegNet
     from weakseg_monai.transforms import ToWorkingGridd
@@ -199,19 +199,24 @@ def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(sy
     parsers["train"].update({"working_spacing": [0.5, 0.5, 2.0]})
     training = Compose(parsers["train"].get_parsed_content("load_transforms"))(item)
     assert tuple(ours["image"].shape) == tuple(training["image"].shape) and ours["image"].shape[-1] < 32
-    np.testing.assert_allclose(ours["image"].numpy(), np.asarray(training["image"]), atol=1e-5)
-    np.testing.assert_allclose(ours["working_grid"]["zoom"], training["zoom"])
+    np.testing.assert_array_equal(ours["image"].numpy(), np.asarray(training["image"]))
+    np.testing.assert_array_equal(ours["working_grid"]["zoom"], training["zoom"])
 
 
-def test_training_clamps_normalised_intensities_as_inference_does():
-    """One input rule: train.json's ScaleIntensityRanged clamps to the range ToWorkingGridd and blockwise use."""
-    import json
+@pytest.mark.parametrize("configs", [["train.json"], ["train.json", "train_baseline.json"]])
+def test_training_takes_its_input_rule_from_the_network_it_trains(configs, synthetic_dataset, tmp_path):
+    """train.json (and the baseline's override) normalise and resample with the rule the checkpoint will carry, so
+    inference cannot differ from training; the clamp is the one ``normalise`` applies."""
+    from weakseg_monai.transforms import InputRule, InputRuled
+    from weakseg_monai.transforms.dictionary import normalise
 
-    from weakseg_monai.transforms.dictionary import INTENSITY_CLAMP, normalise
-
-    steps = json.loads((BUNDLE_DIR / "configs" / "train.json").read_text())["load_transforms"]
-    clamp = next(s for s in steps if s["_target_"] == "ScaleIntensityRanged")
-    assert (clamp["a_min"], clamp["a_max"]) == (clamp["b_min"], clamp["b_max"]) == INTENSITY_CLAMP and clamp["clip"]
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_DIR / "configs" / f) for f in configs])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_dataset)})
+    steps = parser.get_parsed_content("load_transforms")
+    rules = [s.rule for s in steps if isinstance(s, InputRuled)]
+    assert rules == [InputRule.of(parser.get_parsed_content("network_def"))]
+    assert rules[0].working_spacing == tuple(parser.get_parsed_content("working_spacing"))
     x = torch.tensor([0.0, 100.0, 1e6, -1e6])
     np.testing.assert_allclose(normalise(x, 0.0, 100.0).numpy(), [0.0, 1.0, 5.0, -1.0])
 

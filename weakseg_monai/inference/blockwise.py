@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.apps.detection.utils.detector_utils import pad_images
 from monai.data.box_utils import batched_nms
 
 from weakseg_monai.networks.family import InstanceModel
@@ -97,9 +97,8 @@ def predict_block(
     working = InputRule.of(network).block_shape(shape, zoom)
     x = resample_volume(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None], working)
     x = normalise(x, *intensity)
-    divisor = network.size_divisor()
-    padded = [int(math.ceil(s / d) * d) for s, d in zip(working, divisor)]
-    batch = F.pad(x[None].to(device), [p for s, t in reversed(list(zip(working, padded))) for p in (0, t - s)])
+    batch, _ = pad_images(x[None].to(device), 3, network.size_divisor())
+    padded = list(batch.shape[2:])
     out = network.dense_network()(batch)
     found = network.find_objects(out, padded)[0]
     boxes = found["boxes"]

@@ -1,14 +1,13 @@
 """``WeakSegPredictor``: input geometry in, instances out in the same geometry, for a model of any family.
 
-Steps (one rule for evaluation, inference and benchmarks): resample to the model's working spacing
-(edge-aligned, see ``ResampleToSpacingd``), per-image percentile normalisation (MONAI
-``ScaleIntensityRangePercentiles`` with the model's stored percentiles), pad at the end to the
-model's size divisor, its dense network on the whole volume when it fits ``max_whole_voxels`` or by MONAI
-``sliding_window_inference`` (stitching the dense outputs), then the family's second stage once over the whole
-volume (for the nuclei family: anchors, top-k, NMS and the RoIAlign mask head) -- so no cell is split or
-duplicated at window seams -- and finally boxes and labels mapped back to the input's voxel grid. Larger volumes
-run block by block (``weakseg_monai.inference.blockwise``). Only the family contract
-(``weakseg_monai.networks.family.InstanceModel``) is used, never a family's internals.
+Steps (one rule for training, evaluation, inference and benchmarks): the model's input rule
+(``weakseg_monai.transforms.InputRule``: edge-aligned resampling to its working spacing, per-image percentile
+normalisation with its stored percentiles), pad at the end to the model's size divisor, its dense network on the
+whole volume when it fits ``max_whole_voxels`` or by MONAI ``sliding_window_inference`` (stitching the dense
+outputs), then the family's second stage once over the whole volume (for the nuclei family: anchors, top-k, NMS and
+the RoIAlign mask head) -- so no cell is split or duplicated at window seams -- and finally boxes and labels mapped
+back to the input's voxel grid. Larger volumes run block by block (``weakseg_monai.inference.blockwise``). Only the
+family contract (``weakseg_monai.networks.family.InstanceModel``) is used, never a family's internals.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from monai.apps.detection.utils.detector_utils import pad_images
 from monai.inferers import sliding_window_inference
 
 from weakseg_monai.conventions import as_count, as_fraction, as_size
@@ -105,11 +104,10 @@ class WeakSegPredictor:
         return self.network.dense_network()
 
     def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """``(1, X, Y, Z)`` -> ``(1, 1, X', Y', Z')`` padded at the end to the size divisor, and its size."""
-        shape = tuple(x.shape[1:])
-        padded = [int(np.ceil(s / d) * d) for s, d in zip(shape, self.network.size_divisor())]
-        batch = F.pad(x[None].to(self.device), [p for s, t in reversed(list(zip(shape, padded))) for p in (0, t - s)])
-        return batch, padded
+        """``(1, X, Y, Z)`` -> ``(1, 1, X', Y', Z')`` padded at the end to the size divisor (MONAI's ``pad_images``,
+        as its detectors pad), and its size."""
+        batch, _ = pad_images(x[None].to(self.device), 3, self.network.size_divisor())
+        return batch, list(batch.shape[2:])
 
     def dense(self, x: torch.Tensor):
         """Dense outputs for a padded ``(1, 1, X, Y, Z)`` batch: one pass or stitched sliding windows."""

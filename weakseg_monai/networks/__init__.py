@@ -6,8 +6,10 @@ from weakseg_monai.networks.detector import VoxResDetectorNet, WeakInstanceSegNe
 from weakseg_monai.networks.export import WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
 from weakseg_monai.networks.mask_branch import MaskBranch
+from weakseg_monai.networks.postprocess import BoxSelector
 
 __all__ = [
+    "BoxSelector",
     "DetectionHead3D",
     "MaskBranch",
     "MaskHead3D",

@@ -17,8 +17,8 @@ Targets, one dict per image, spatial values (x, y, z), boxes StandardMode in vox
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -108,19 +108,25 @@ class WeakInstanceSegNet(InstanceModel):
             anchor shape fits, hard negatives).
         detection_loss: L_box (``DetectionLoss``: λ and the smooth-L1 transition).
         mask_branch: the mask head, its frames, both mask losses and the pasted probabilities (``MaskBranch``).
-        selector: score threshold, top-k and NMS at inference (``BoxSelector``).
+        selector: score threshold (calibrated on validation), NMS threshold (planned), top-k at inference
+            (``BoxSelector``).
         working_spacing: (x, y, z) µm the model is trained and run at; intensity_percentiles: the per-image
-            normalisation rule (lower, upper percentiles mapped to 0, 1); score_thresh (calibrated on validation),
-            nms_thresh (planned). These and ``anchor_shapes`` are buffers, so a checkpoint carries the whole plan
-            inference needs (see ``weakseg_monai.planning``); a checkpoint written before the thresholds were
-            buffers loads with the constructor's values for them.
+            normalisation rule (lower, upper percentiles mapped to 0, 1). These, ``anchor_shapes`` and the
+            selector's thresholds are buffers, so a checkpoint carries the whole plan inference needs (see
+            ``weakseg_monai.planning``); a checkpoint written before the thresholds were buffers loads with the
+            constructor's values for them.
     """
 
     family = "nuclei"
     # buffers added after the first checkpoints shipped: filled from the constructor when a state dict lacks them
-    LATE_BUFFERS = ("score_thresh", "nms_thresh", "mask_branch.context")
-    # state-dict entries of checkpoints written before the mask branch was a part: old prefix -> new
-    MOVED_ENTRIES = {"mask_head.": "mask_branch.head.", "mask_context": "mask_branch.context"}
+    LATE_BUFFERS = ("selector.score_thresh", "selector.nms_thresh", "mask_branch.context")
+    # state-dict entries of checkpoints written before the mask branch and the selector were parts: old -> new
+    MOVED_ENTRIES = {
+        "mask_head.": "mask_branch.head.",
+        "mask_context": "mask_branch.context",
+        "score_thresh": "selector.score_thresh",
+        "nms_thresh": "selector.nms_thresh",
+    }
 
     def __init__(
         self,
@@ -132,17 +138,12 @@ class WeakInstanceSegNet(InstanceModel):
         selector: BoxSelector | None = None,
         working_spacing: Sequence[float] = (0.5, 0.5, 1.0),
         intensity_percentiles: Sequence[float] = (1.0, 99.8),
-        score_thresh: float = 0.5,
-        nms_thresh: float = 0.3,
     ) -> None:
         super().__init__()
         # what the model learned from the data travels with its weights (state dict buffers)
         self.register_buffer("anchor_shapes", torch.tensor([[float(v) for v in s] for s in anchor_shapes]))
         self.register_buffer("working_spacing", torch.tensor([float(v) for v in working_spacing]))
         self.register_buffer("intensity_percentiles", torch.tensor([float(v) for v in intensity_percentiles]))
-        # thresholds are planned (NMS) and calibrated on validation (score) per dataset: buffers too
-        self.register_buffer("score_thresh", torch.tensor(float(score_thresh)))
-        self.register_buffer("nms_thresh", torch.tensor(float(nms_thresh)))
         make_anchor_generator(self.anchor_shapes.tolist())  # validates the shapes
         if network is None:
             network = VoxResDetectorNet(num_anchors=len(anchor_shapes))
@@ -187,6 +188,14 @@ class WeakInstanceSegNet(InstanceModel):
 
     def mask_frames(self, boxes: Tensor) -> Tensor:
         return self.mask_branch.frames(boxes)
+
+    @property
+    def score_thresh(self) -> Tensor:
+        return self.selector.score_thresh
+
+    @property
+    def nms_thresh(self) -> Tensor:
+        return self.selector.nms_thresh
 
     # ------------------------------------------------------------------ helpers
     def size_divisor(self) -> tuple[int, int, int]:
@@ -298,19 +307,10 @@ class WeakInstanceSegNet(InstanceModel):
         return float(self.score_thresh)
 
     def set_score_threshold(self, value: float) -> None:
-        self.score_thresh.fill_(float(value))
+        self.selector.set_score_threshold(value)
 
-    @contextmanager
-    def lowered_score_threshold(self, floor: float) -> Iterator[None]:
-        """Score threshold at ``floor`` and 4x the top-k candidates (a low floor lets more through to NMS)."""
-        saved, saved_topk = self.score_thresh.clone(), self.selector.topk_candidates
-        self.score_thresh.fill_(float(floor))
-        self.selector.topk_candidates = saved_topk * 4
-        try:
-            yield
-        finally:
-            self.score_thresh.copy_(saved)
-            self.selector.topk_candidates = saved_topk
+    def lowered_score_threshold(self, floor: float) -> AbstractContextManager[None]:
+        return self.selector.lowered(floor)
 
     @torch.no_grad()
     def detect(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
@@ -342,10 +342,7 @@ class WeakInstanceSegNet(InstanceModel):
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
         return [
-            self.selector(
-                cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial, float(self.score_thresh),
-                float(self.nms_thresh),
-            )
+            self.selector(cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial)
             for i in range(cls_logits.shape[0])
         ]
 

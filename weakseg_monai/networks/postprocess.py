@@ -7,14 +7,15 @@ pasting RoI masks back into a label volume with "higher score wins" is written h
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import batched_nms, clip_boxes_to_image
-from torch import Tensor
+from torch import Tensor, nn
 
 from weakseg_monai.data.instances import boxes_from_instances
 
@@ -67,42 +68,63 @@ def select_detections(
 LIMIT_REFERENCE_VOXELS = 128 * 128 * 32  # top-k and detection limits are per this many working voxels
 
 
-class BoxSelector:
+class BoxSelector(nn.Module):
     """The detector's box selector: ``select_detections`` (score threshold, top-k, 3D NMS) with limits that scale
-    with the volume.
+    with the volume; the one place the score threshold is written (``set_score_threshold``, as MONAI's
+    ``RetinaNetDetector.set_box_selector_parameters``).
 
     Args:
+        score_thresh: scores above it are kept (calibrated on validation); nms_thresh: box IoU above which the
+            lower-scored box is dropped (planned). Both are buffers, so ``model.pt`` carries them.
         topk_candidates, detections_per_image: per ``LIMIT_REFERENCE_VOXELS`` (a 128 x 128 x 32 tile) of working
             voxels, scaled up with the volume, so a stitched light-sheet stack of thousands of nuclei is not capped
             at a tile's count (a warning says when they cut).
         min_size: boxes narrower than this (voxels) on some axis are dropped.
     """
 
-    def __init__(self, topk_candidates: int = 1000, detections_per_image: int = 300, min_size: float = 1.0) -> None:
+    def __init__(
+        self,
+        score_thresh: float = 0.5,
+        nms_thresh: float = 0.3,
+        topk_candidates: int = 1000,
+        detections_per_image: int = 300,
+        min_size: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("score_thresh", torch.tensor(float(score_thresh)))
+        self.register_buffer("nms_thresh", torch.tensor(float(nms_thresh)))
         self.topk_candidates = topk_candidates
         self.detections_per_image = detections_per_image
         self.min_size = min_size
+
+    def set_score_threshold(self, value: float) -> None:
+        self.score_thresh.fill_(float(value))
+
+    @contextmanager
+    def lowered(self, floor: float) -> Iterator[None]:
+        """Score threshold at ``floor`` and 4x the top-k candidates (a low floor lets more through to NMS)."""
+        saved, saved_topk = self.score_thresh.clone(), self.topk_candidates
+        self.score_thresh.fill_(float(floor))
+        self.topk_candidates = saved_topk * 4
+        try:
+            yield
+        finally:
+            self.score_thresh.copy_(saved)
+            self.topk_candidates = saved_topk
 
     def limits(self, spatial: Sequence[int]) -> tuple[int, int]:
         """``(topk_candidates, detections_per_image)`` for a volume of ``spatial`` working voxels."""
         scale = max(1.0, float(np.prod([int(s) for s in spatial])) / LIMIT_REFERENCE_VOXELS)
         return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
 
-    def __call__(
-        self,
-        cls_logits: Tensor,
-        box_deltas: Tensor,
-        anchors: Tensor,
-        box_coder: BoxCoder,
-        spatial: Sequence[int],
-        score_thresh: float,
-        nms_thresh: float,
+    def forward(
+        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, box_coder: BoxCoder, spatial: Sequence[int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One image's ``cls_logits (A, c)`` and ``box_deltas (A, 6)`` -> boxes, scores, class indices (>= 1)."""
         topk, max_detections = self.limits(spatial)
         return select_detections(
-            cls_logits, box_deltas, anchors, box_coder, spatial, score_thresh, topk, nms_thresh, max_detections,
-            self.min_size,
+            cls_logits, box_deltas, anchors, box_coder, spatial, float(self.score_thresh), topk,
+            float(self.nms_thresh), max_detections, self.min_size,
         )
 
 

@@ -12,10 +12,11 @@ from weakseg_monai.transforms.dictionary import (
     resample_volume,
     scale_percentiles,
 )
-from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
+from weakseg_monai.transforms.input_rule import InputRule, InputRuled, ToWorkingGridd
 
 __all__ = [
     "InputRule",
+    "InputRuled",
     "BoundedRandCropBoxByPosNegLabeld",
     "InstancesToSemanticd",
     "LoadWeakAnnotationd",

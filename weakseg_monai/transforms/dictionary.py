@@ -1,6 +1,5 @@
 """Dictionary transforms that MONAI lacks for weak annotation; the rest of the pipeline is MONAI's own
-(``ScaleIntensityRangePercentilesd``, ``SpatialPadd``, ``monai.apps.detection.transforms`` crops, flips,
-rotations, zoom and ``ClipBoxToImaged``).
+(``SpatialPadd``, ``monai.apps.detection.transforms`` crops, flips, rotations, zoom and ``ClipBoxToImaged``).
 
 Keys produced by ``LoadWeakAnnotationd`` (all spatial values (x, y, z), boxes StandardMode in voxels):
 
@@ -8,7 +7,7 @@ Keys produced by ``LoadWeakAnnotationd`` (all spatial values (x, y, z), boxes St
 - ``instances``: ``(1, X, Y, Z)`` int32, value = ``instance_id`` of an annotated instance, 0 elsewhere;
 - ``box (G, 6)`` float32, ``label (G,)`` int64, ``mask_annotated (G,)`` uint8, ``instance_id (G,)`` int64,
   ``box_volume (G,)`` float32 (the whole box's volume in the current voxels, kept up to date by
-  ``ResampleToSpacingd`` and ``RandZoomBoxVolumed``, for ``MarkCutBoxesd``);
+  ``InputRuled`` and ``RandZoomBoxVolumed``, for ``MarkCutBoxesd``);
 - ``spacing``: the input's (x, y, z) spacing in µm by the project's spacing rule.
 """
 
@@ -133,7 +132,7 @@ def working_shape(
     """Voxel grid of a volume at the working spacing: ``(new shape, zoom = new / old)`` per axis (x, y, z), each
     size a whole number of ``multiple`` where that changes it by at most 10% (``aligned_size``).
 
-    The one rounding rule shared by training (``ResampleToSpacingd``), inference (``ToWorkingGridd``), blockwise
+    The one rounding rule shared by training (``InputRuled``), inference (``ToWorkingGridd``), blockwise
     inference and the planner.
     """
     old = np.asarray(shape, dtype=np.int64)
@@ -163,7 +162,8 @@ def resample_volume(volume: torch.Tensor, size: Sequence[int], labels: bool = Fa
 
 
 class ResampleToSpacingd(MapTransform):
-    """Resample image and label volumes from the item's ``spacing`` to ``working_spacing``; scale boxes.
+    """Resample image and label volumes from the item's ``spacing`` to ``working_spacing``; scale boxes (no
+    normalisation: training composes ``InputRuled``, which adds the model's intensity rule to the same grid).
 
     Why not ``Spacingd``: it keeps voxel centres (a corner-aligned grid), under which half-open voxel boxes
     do not map by a plain factor; this edge-aligned version scales boxes exactly and is undone exactly on
@@ -194,22 +194,31 @@ class ResampleToSpacingd(MapTransform):
         new, zoom = working_shape(d[self.first_key(d)].shape[1:], d["spacing"], self.working_spacing)
         for key in self.key_iterator(d):
             d[key] = resample_volume(torch.as_tensor(d[key]), new)
-        for key in self.label_keys:
-            if key in d:
-                d[key] = resample_volume(torch.as_tensor(d[key]), new, labels=True)
-        for key in self.box_keys:
-            if key in d:
-                d[key] = (np.asarray(d[key], dtype=np.float32).reshape(-1, 6) * np.tile(zoom, 2)).astype(np.float32)
-        if "box_volume" in d:
-            d["box_volume"] = (np.asarray(d["box_volume"]) * float(np.prod(zoom))).astype(np.float32)
-        d["zoom"] = zoom.astype(np.float64)
-        return d
+        return resample_annotations(d, new, zoom, self.label_keys, self.box_keys)
+
+
+def resample_annotations(
+    d: dict, new: Sequence[int], zoom: np.ndarray, label_keys: Sequence[str], box_keys: Sequence[str]
+) -> dict:
+    """An item's annotations onto the grid its image was resampled to (``new`` voxels, ``zoom`` = new / old per
+    axis): label volumes by nearest neighbour, boxes and ``box_volume`` scaled exactly (edge-aligned grids);
+    records ``zoom`` in the item."""
+    for key in label_keys:
+        if key in d:
+            d[key] = resample_volume(torch.as_tensor(d[key]), new, labels=True)
+    for key in box_keys:
+        if key in d:
+            d[key] = (np.asarray(d[key], dtype=np.float32).reshape(-1, 6) * np.tile(zoom, 2)).astype(np.float32)
+    if "box_volume" in d:
+        d["box_volume"] = (np.asarray(d["box_volume"]) * float(np.prod(zoom))).astype(np.float32)
+    d["zoom"] = np.asarray(zoom, dtype=np.float64)
+    return d
 
 
 # normalised intensities are clamped to this range, in training and inference alike: a handful of saturated or
 # corrupt voxels (a 3 x 3 patch of 65535 in a uint16 stack normalises to ~700) otherwise dominate the network's
 # group-norm statistics over the whole volume and wipe out every detection. Nuclei stay far inside it (at most 1.73
-# on every dataset of the generalisation suite); training's ScaleIntensityRanged in train.json uses the same numbers.
+# on every dataset of the generalisation suite); training (``InputRuled``) and inference clamp alike.
 INTENSITY_CLAMP = (-1.0, 5.0)
 FLOAT32_SAFE = 1e30  # raw values beyond +-this are clipped before any float32 arithmetic (resampling sums them)
 
@@ -303,7 +312,7 @@ class MarkCutBoxesd(MapTransform):
     (and score) the visible part of such objects. (Ignoring crop-cut parts under half their volume, as before,
     taught the detector that slivers at a face are not objects: it found few of them.) Reads ``box_volume`` (the
     whole box's volume in the current voxels: carried through the crop as a ``label_keys`` array, scaled by
-    ``ResampleToSpacingd`` and ``RandZoomBoxVolumed``); boxes no crop cut are never flagged.
+    ``InputRuled`` and ``RandZoomBoxVolumed``); boxes no crop cut are never flagged.
     """
 
     def __init__(self, box_key: str = "box", min_visible: float = 0.0, min_extent: float = 3.0) -> None:

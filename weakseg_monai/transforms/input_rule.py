@@ -3,9 +3,10 @@
 A volume of any spacing goes to the model's working grid (``to_working``: edge-aligned resampling to the working
 spacing, each size a whole number of the grid multiple where that moves it by at most 10%, then per-image
 percentile normalisation clamped to ``INTENSITY_CLAMP``), and results come back to the input's own voxel grid
-(``boxes_from_working``, ``labels_from_working``). Whole-volume inference, validation (``ToWorkingGridd``), the
-blockwise runner and the predictor all use this one rule, read from the model's buffers (``InputRule.of(model)``).
-Training's transforms in ``train.json`` still compose the same steps from the plan's values.
+(``boxes_from_working``, ``labels_from_working``). Training (``InputRuled``: the image, its label volumes and boxes),
+validation and inference (``ToWorkingGridd``), the blockwise runner and the predictor all use this one rule, read
+from the model's buffers (``InputRule.of(model)``; ``train.json`` builds it from ``network_def``, which the plan
+fills).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from monai.utils import ensure_tuple
 
 from weakseg_monai.conventions import as_count
 from weakseg_monai.transforms.dictionary import (
@@ -26,6 +28,7 @@ from weakseg_monai.transforms.dictionary import (
     check_working_size,
     normalise,
     outlier_warning,
+    resample_annotations,
     resample_volume,
     working_shape,
 )
@@ -42,15 +45,16 @@ class InputRule:
     intensity_percentiles: tuple[float, float] = (1.0, 99.8)
     grid_multiple: tuple[int, int, int] = DETECTION_STRIDE
 
+    def __post_init__(self) -> None:  # lists from a JSON config become tuples (the rule is frozen and hashable)
+        object.__setattr__(self, "working_spacing", tuple(float(v) for v in self.working_spacing))
+        object.__setattr__(self, "intensity_percentiles", tuple(float(v) for v in self.intensity_percentiles))
+        object.__setattr__(self, "grid_multiple", tuple(int(v) for v in self.grid_multiple))
+
     @classmethod
     def of(cls, model: torch.nn.Module) -> InputRule:
         """The rule a model of any family carries (its buffers, read now: a checkpoint loaded later changes it)."""
         model = getattr(model, "module", model)
-        return cls(
-            tuple(float(v) for v in model.working_spacing.tolist()),  # type: ignore[arg-type]
-            tuple(float(v) for v in model.intensity_percentiles.tolist()),  # type: ignore[arg-type]
-            tuple(int(v) for v in model.grid_multiple()),  # type: ignore[arg-type]
-        )
+        return cls(model.working_spacing.tolist(), model.intensity_percentiles.tolist(), model.grid_multiple())
 
     # ------------------------------------------------------------------ geometry
     def working_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,11 +107,43 @@ class InputRule:
         return zyx.permute(2, 1, 0)
 
 
+class InputRuled(MapTransform):
+    """The input rule on a training item: its image to the working grid and normalised (``InputRule.to_working``,
+    as ``ToWorkingGridd`` does at inference), its label volumes (nearest) and boxes (exactly) onto the same grid.
+
+    One transform where ``train.json`` once composed ``ResampleToSpacingd``, ``ScaleIntensityRangePercentilesd``
+    and a clamp from the plan's values, so training cannot drift from what inference does with the checkpoint.
+
+    Args:
+        rule: the model's ``InputRule`` (``InputRule.of(network)``).
+        keys: the image key; label_keys: label volumes; box_keys: ``(G, 6)`` boxes (``box_volume`` follows).
+    """
+
+    def __init__(
+        self,
+        rule: InputRule,
+        keys: KeysCollection = "image",
+        label_keys: KeysCollection = (),
+        box_keys: KeysCollection = (),
+    ) -> None:
+        super().__init__(keys)
+        self.rule = rule
+        self.label_keys, self.box_keys = ensure_tuple(label_keys), ensure_tuple(box_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        key = self.first_key(d)
+        d[key], grid, warning = self.rule.to_working(d[key], d["spacing"], str(d.get("id") or key))
+        if warning:
+            logger.warning(warning)
+        return resample_annotations(d, d[key].shape[1:], grid["zoom"], self.label_keys, self.box_keys)
+
+
 class ToWorkingGridd(MapTransform):
     """The model's input rule (``InputRule.to_working``) as a dictionary transform, for inference, evaluation,
     training's validation and ``WeakSegPredictor``: ``image (1, X, Y, Z)`` at ``spacing`` -> resampled to the
-    network's working spacing (edge-aligned, as ``ResampleToSpacingd`` in training) and normalised by its stored
-    percentiles (= training's ``ScaleIntensityRangePercentilesd``). Adds ``working_grid``:
+    network's working spacing (edge-aligned) and normalised by its stored percentiles, as ``InputRuled`` does in
+    training. Adds ``working_grid``:
     ``{"zoom": (3,), "original_shape": (X, Y, Z), "blockwise": bool}``.
 
     A volume over ``max_voxels`` at the working spacing is left as it is (``blockwise=True``): it runs block by
@@ -152,4 +188,4 @@ class ToWorkingGridd(MapTransform):
         return d
 
 
-__all__ = ["InputRule", "ToWorkingGridd"]
+__all__ = ["InputRule", "InputRuled", "ToWorkingGridd"]
