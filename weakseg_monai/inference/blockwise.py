@@ -27,6 +27,7 @@ import torch
 from monai.apps.detection.utils.detector_utils import pad_images
 from monai.data.box_utils import batched_nms
 
+from weakseg_monai.inference.faces import face_pads, mirror_faces
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
 from weakseg_monai.transforms.dictionary import normalise, resample_volume
@@ -144,6 +145,22 @@ def merge_blocks(
     }
 
 
+def mirror_block_faces(block: Block, image: np.ndarray, margin: Sequence[float]) -> tuple[Block, np.ndarray]:
+    """A block's crop with the volume's faces it touches mirrored by ``margin`` input voxels
+    (``weakseg_monai.inference.faces``), and the block grown to match: its region and core reach into the mirrored
+    margin (negative or past the volume), so the block owns an object straddling the face; the merge clips."""
+    region = [slice(a, b) for a, b in block.region]
+    touches = [(a == 0, b == s) for (a, b), s in zip(block.region, image.shape)]
+    before, after = face_pads(margin, [b - a for a, b in block.region], touches)
+    crop = mirror_faces(image[tuple(region)], before, after)
+    grown = Block(
+        tuple((a - p if a == r else a, b + q if b == e else b) for (a, b), (r, e), p, q in
+              zip(block.core, block.region, before, after)),
+        tuple((a - p, b + q) for (a, b), p, q in zip(block.region, before, after)),
+    )
+    return grown, crop
+
+
 def predict_blockwise(
     network: InstanceModel,
     image: np.ndarray,
@@ -157,13 +174,16 @@ def predict_blockwise(
     core, halo = block_geometry(network, zoom, block_working)
     blocks = plan_blocks(image.shape, core, halo)
     logger.info("blockwise: %d blocks of <= %s input voxels (halo %s) over %s", len(blocks), core, halo, image.shape)
+    margin = [m / z for m, z in zip(network.face_margin(), zoom)]  # input voxels mirrored beyond the faces
     detections = []
     for i, block in enumerate(blocks, start=1):
-        detections.append(predict_block(network, image[block.slices()], block, zoom, intensity, device))
+        mirrored, crop = mirror_block_faces(block, image, margin)
+        detections.append(predict_block(network, crop, mirrored, zoom, intensity, device))
         logger.debug("block %d/%d: %d detections", i, len(blocks), len(detections[-1]["boxes"]))
     merged = merge_blocks(detections, image.shape, network.merge_nms_threshold(), float(network.mask_threshold))
+    limit = torch.tensor(tuple(image.shape) * 2, dtype=merged["boxes"].dtype)
     return {
-        "boxes": merged["boxes"].numpy().astype(np.float32),
+        "boxes": torch.minimum(merged["boxes"].clamp(min=0), limit).numpy().astype(np.float32),
         "scores": merged["scores"].numpy(),
         "labels": merged["labels"].numpy(),
         "instances": merged["instances"].numpy(),

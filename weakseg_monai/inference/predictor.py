@@ -21,6 +21,7 @@ from monai.apps.detection.utils.detector_utils import pad_images
 from monai.inferers import sliding_window_inference
 
 from weakseg_monai.conventions import as_count, as_fraction, as_size
+from weakseg_monai.inference.faces import face_pads, mirror_faces
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import compact_labels
 from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percentiles, check_working_size: re-exported)
@@ -130,15 +131,18 @@ class WeakSegPredictor:
 
     @torch.inference_mode()
     def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out)."""
+        """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out), its faces
+        mirrored by the family's ``face_margin`` first (``weakseg_monai.inference.faces``) and cropped back after;
+        objects that lie in the mirrored margin alone are left without voxels (``predict_prepared`` drops them)."""
         self.network.eval()
         shape = tuple(x.shape[1:])
-        batch, padded = self.pad(x)
+        before, after = face_pads(self.network.face_margin(), shape)
+        batch, padded = self.pad(mirror_faces(x, before, after))
         result = self.network.instances(self.dense(batch), padded)[0]
-        boxes = result["boxes"]
-        boxes = torch.minimum(boxes, torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
-        instances = result["instances"][: shape[0], : shape[1], : shape[2]]
-        return dict(result, boxes=boxes, instances=instances)
+        boxes = result["boxes"] - torch.tensor(before * 2, device=result["boxes"].device, dtype=result["boxes"].dtype)
+        boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
+        (x0, y0, z0), (x1, y1, z1) = before, [b + s for b, s in zip(before, shape)]
+        return dict(result, boxes=boxes, instances=result["instances"][x0:x1, y0:y1, z0:z1])
 
     def __call__(self, image: torch.Tensor, spacing: Sequence[float]) -> dict[str, np.ndarray]:
         """Instances of a ``(1, X, Y, Z)`` image of the given (x, y, z) spacing, in its own voxel grid.

@@ -1,0 +1,96 @@
+"""Mirroring the volume's faces before prediction: an object a face cuts comes back whole-volume and blockwise as
+one instance inside the volume, and the mirrored copies of objects near a face are not returned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from weakseg_monai.families import InstanceModel
+from weakseg_monai.inference import WeakSegPredictor
+from weakseg_monai.inference.faces import face_pads, mirror_faces
+from weakseg_monai.networks import WeakInstanceSegNet
+from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
+
+
+class Recording(nn.Module):
+    """The identity, remembering the spatial shape of every input it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[2:]))
+        return x
+
+
+class MirroredThreshold(InstanceModel):
+    """Threshold + connected components with a face margin of (4, 4, 2) working voxels: the geometry of mirroring
+    without a trained detector (a component in the margin alone is a mirrored copy)."""
+
+    family = "toy-mirrored-threshold"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("working_spacing", torch.tensor([0.5, 0.5, 1.0]))
+        self.register_buffer("intensity_percentiles", torch.tensor([1.0, 99.8]))
+        self.identity = Recording()
+
+    def size_divisor(self) -> tuple[int, int, int]:
+        return (1, 1, 1)
+
+    def grid_multiple(self) -> tuple[int, int, int]:
+        return (1, 1, 1)
+
+    def dense_network(self) -> nn.Module:
+        return self.identity
+
+    def find_objects(self, dense, spatial):
+        return [objects_from_labels(ndimage.label(d[0].cpu().numpy() > 0.5)[0]) for d in dense]
+
+    def object_masks(self, dense, index, found, keep):
+        return label_masks(found, keep)
+
+    def block_halo(self):
+        return (8.0, 8.0, 4.0)
+
+    def face_margin(self):
+        return (4.0, 4.0, 2.0)
+
+
+def test_mirroring_reflects_about_the_edge_voxel_and_only_where_asked():
+    array = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
+    before, after = face_pads((2.4, 9.0, 1.0), array.shape, [(True, False), (True, True), (False, True)])
+    assert (before, after) == ([2, 3, 0], [0, 3, 1]), "rounded, below the size, on the faces asked for"
+    mirrored = mirror_faces(array, before, after)
+    np.testing.assert_array_equal(mirrored, np.pad(array, list(zip(before, after)), mode="reflect"))
+    np.testing.assert_array_equal(mirror_faces(torch.from_numpy(array)[None], before, after)[0].numpy(), mirrored)
+    assert mirrored[0, 3, 0] == array[2, 0, 0] and mirrored[2, 3, 0] == array[0, 0, 0]
+
+
+def test_the_nuclei_family_mirrors_a_fifth_of_its_typical_nucleus():
+    model = WeakInstanceSegNet(anchor_shapes=[[10, 10, 6], [20, 20, 12], [30, 30, 18]])
+    assert model.face_margin() == pytest.approx((4.0, 4.0, 2.4))
+
+
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_a_face_cut_object_is_one_instance_inside_the_volume_and_mirrored_copies_are_dropped(blockwise):
+    image = np.zeros((40, 36, 12), dtype=np.float32)
+    image[0:3, 10:18, 4:8] = 1.0  # cut by the face x = 0 to 3 voxels
+    image[20:28, 2:8, 4:8] = 1.0  # 2 voxels from the face y = 0: its mirror lies in the margin alone
+    image[30:36, 20:30, 9:12] = 1.0  # cut by the face z = 11
+    kwargs = {"max_whole_voxels": 4000, "block_size": (16, 16, 6)} if blockwise else {}
+    model = MirroredThreshold()
+    result = WeakSegPredictor(model, **kwargs)(torch.from_numpy(image)[None], (0.5, 0.5, 1.0))
+    # the model saw the faces mirrored: the whole volume + 4, 4, 2 per face; the first block's region (0..21,
+    # 0..20, 0..10 of the input) + the margin on the faces it touches
+    assert model.identity.seen[0] == ((25, 24, 12) if blockwise else (48, 44, 16))
+    assert len(result["boxes"]) == int(result["instances"].max()) == 3, result["boxes"]
+    expected = [[0, 10, 4, 3, 18, 8], [20, 2, 4, 28, 8, 8], [30, 20, 9, 36, 30, 12]]
+    found = sorted(np.asarray(result["boxes"]).round().astype(int).tolist())
+    assert found == expected
+    np.testing.assert_array_equal(result["instances"] > 0, image > 0)
