@@ -57,7 +57,7 @@ class ThresholdComponents(InstanceModel):
     def dense_network(self) -> nn.Module:
         return self.shift
 
-    def find_objects(self, dense, spatial):
+    def find_objects(self, dense, spatial, region=None):
         return [objects_from_labels(ndimage.label(d[0].cpu().numpy() > 0)[0]) for d in dense]
 
     def object_masks(self, dense, index, found, keep):

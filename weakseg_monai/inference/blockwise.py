@@ -101,9 +101,11 @@ def predict_block(
     batch, _ = pad_images(x[None].to(device), 3, network.size_divisor())
     padded = list(batch.shape[2:])
     out = network.dense_network()(batch)
-    found = network.find_objects(out, padded)[0]
+    scale = [w / s for w, s in zip(working, shape)]
+    core = [((a - r) * f, (b - r) * f) for (a, b), (r, _), f in zip(block.core, block.region, scale)]
+    found = network.find_objects(out, padded, ([a for a, _ in core], [b for _, b in core]))[0]
     boxes = found["boxes"]
-    block_zoom = torch.tensor([w / s for w, s in zip(working, shape)], dtype=torch.float32, device=boxes.device)
+    block_zoom = torch.tensor(scale, dtype=torch.float32, device=boxes.device)
     origin = torch.tensor([a for a, _ in block.region], dtype=torch.float32, device=boxes.device)
     limit = torch.tensor(working * 2, dtype=boxes.dtype, device=boxes.device)
     global_boxes = torch.minimum(boxes, limit) / block_zoom.repeat(2) + origin.repeat(2)
@@ -174,7 +176,10 @@ def predict_blockwise(
     core, halo = block_geometry(network, zoom, block_working)
     blocks = plan_blocks(image.shape, core, halo)
     logger.info("blockwise: %d blocks of <= %s input voxels (halo %s) over %s", len(blocks), core, halo, image.shape)
-    margin = [m / z for m, z in zip(network.face_margin(), zoom)]  # input voxels mirrored beyond the faces
+    # working voxels mirrored beyond the volume's faces (whole grid multiples, as the whole-volume path), in input
+    # voxels
+    working_margin = face_pads(network.face_margin(), (2**31,) * 3, multiple=network.grid_multiple())[0]
+    margin = [m / z for m, z in zip(working_margin, zoom)]
     detections = []
     for i, block in enumerate(blocks, start=1):
         mirrored, crop = mirror_block_faces(block, image, margin)

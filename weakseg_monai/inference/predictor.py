@@ -133,12 +133,13 @@ class WeakSegPredictor:
     def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out), its faces
         mirrored by the family's ``face_margin`` first (``weakseg_monai.inference.faces``) and cropped back after;
-        objects that lie in the mirrored margin alone are left without voxels (``predict_prepared`` drops them)."""
+        only objects centred in the volume itself are kept (a mirrored twin cannot suppress its original)."""
         self.network.eval()
         shape = tuple(x.shape[1:])
-        before, after = face_pads(self.network.face_margin(), shape)
+        before, after = face_pads(self.network.face_margin(), shape, multiple=self.network.grid_multiple())
         batch, padded = self.pad(mirror_faces(x, before, after))
-        result = self.network.instances(self.dense(batch), padded)[0]
+        region = (before, [b + s for b, s in zip(before, shape)])  # objects centred in the volume itself
+        result = self.network.instances(self.dense(batch), padded, region)[0]
         boxes = result["boxes"] - torch.tensor(before * 2, device=result["boxes"].device, dtype=result["boxes"].dtype)
         boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
         (x0, y0, z0), (x1, y1, z1) = before, [b + s for b, s in zip(before, shape)]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from weakseg_monai.families.registry import ModelFamily, register_family
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.detector import DEFAULT_BLOCKS, DEFAULT_CHANNELS, DEFAULT_STRIDES
-from weakseg_monai.networks.family import InstanceModel
+from weakseg_monai.networks.family import InstanceModel, Region
 from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -77,8 +77,11 @@ class VoxResSegNet(InstanceModel):
     def dense_network(self) -> nn.Module:
         return self
 
-    def find_objects(self, dense: Tensor, spatial: Sequence[int]) -> list[dict[str, Tensor]]:
-        """Connected components of each image's argmax classes (``semantic_to_instances``)."""
+    def find_objects(
+        self, dense: Tensor, spatial: Sequence[int], region: Region | None = None
+    ) -> list[dict[str, Tensor]]:
+        """Connected components of each image's argmax classes (``semantic_to_instances``); no duplicates to
+        remove, so ``region`` is left to the caller."""
         classes = dense.argmax(dim=1).cpu().numpy()
         return [objects_from_labels(semantic_to_instances(c, self.min_voxels)) for c in classes]
 

@@ -30,7 +30,7 @@ from weakseg_monai.conventions import label_to_class_index
 from weakseg_monai.families.registry import ModelFamily, register_family
 from weakseg_monai.losses.box_loss import DetectionLoss
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
-from weakseg_monai.networks.family import InstanceModel
+from weakseg_monai.networks.family import FACE_MIRROR_FRACTION, InstanceModel, Region
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D, flatten_anchor_outputs
 from weakseg_monai.networks.mask_branch import MaskBranch
 from weakseg_monai.networks.mask_rois import training_mask_rois
@@ -297,6 +297,12 @@ class WeakInstanceSegNet(InstanceModel):
     def merge_nms_threshold(self) -> float:
         return float(self.nms_thresh)
 
+    def face_margin(self) -> tuple[float, float, float]:
+        """``FACE_MIRROR_FRACTION`` of the largest anchor shape per axis (the whole nucleus: the other shapes include
+        the thin ones of face-cut slivers), working voxels."""
+        largest = self.anchor_shapes.max(dim=0).values.tolist()
+        return tuple(FACE_MIRROR_FRACTION * float(v) for v in largest)  # type: ignore[return-value]
+
     def typical_object_um(self) -> np.ndarray:
         """The middle anchor shape (by volume; k-means of the training boxes) in µm."""
         anchors = self.anchor_shapes.detach().cpu().numpy()
@@ -319,11 +325,14 @@ class WeakInstanceSegNet(InstanceModel):
         return self.instances(out, spatial)
 
     @torch.no_grad()
-    def find_objects(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[dict[str, Tensor]]:
-        """``boxes (K, 6)``, ``scores (K,)``, ``classes (K,)`` per image: threshold, top-k, 3D NMS."""
+    def find_objects(
+        self, out: dict[str, Tensor], spatial: Sequence[int], region: Region | None = None
+    ) -> list[dict[str, Tensor]]:
+        """``boxes (K, 6)``, ``scores (K,)``, ``classes (K,)`` per image: threshold, top-k, boxes centred in
+        ``region``, 3D NMS."""
         return [
             {"boxes": boxes, "scores": scores, "classes": classes}
-            for boxes, scores, classes in self.select_boxes(out, spatial)
+            for boxes, scores, classes in self.select_boxes(out, spatial, region)
         ]
 
     @torch.no_grad()
@@ -336,13 +345,16 @@ class WeakInstanceSegNet(InstanceModel):
         return frames, self.mask_branch.probabilities(fine, coarse, frames)
 
     @torch.no_grad()
-    def select_boxes(self, out: dict[str, Tensor], spatial: Sequence[int]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """``(boxes (K, 6), scores (K,), class indices (K,))`` per image: threshold, top-k, 3D NMS."""
+    def select_boxes(
+        self, out: dict[str, Tensor], spatial: Sequence[int], region: Region | None = None
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``(boxes (K, 6), scores (K,), class indices (K,))`` per image: threshold, top-k, centre in ``region``,
+        3D NMS."""
         anchors = self.anchors(spatial, out["cls_logits"])
         cls_logits = flatten_anchor_outputs(out["cls_logits"], self.num_classes + 1)
         box_deltas = flatten_anchor_outputs(out["box_regression"], 6)
         return [
-            self.selector(cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial)
+            self.selector(cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial, region)
             for i in range(cls_logits.shape[0])
         ]
 

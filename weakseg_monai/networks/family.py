@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from weakseg_monai.networks.postprocess import paste_masks_in_volume
+from weakseg_monai.networks.postprocess import centres_in, paste_masks_in_volume
 
 FAMILY_KEY = "family_code"  # the state-dict entry holding the family id (ASCII codes, uint8)
 LEGACY_FAMILY = "nuclei"  # checkpoints written before families existed hold today's nuclei detector
@@ -36,6 +36,7 @@ GRID_MULTIPLE = (4, 4, 2)  # the VoxRes backbone's detection stride: the default
 # 0: 0.811 / 0.717 / 0.718; 0.15: 0.854 / 0.777 / 0.823; 0.2: 0.850 / 0.783 / 0.839; 0.25: 0.847 / 0.781 / 0.834
 # (recall of whole objects 0.869-0.878 throughout); 0.15 and 0.25 each beat none on Det for 23 and 19 of 25
 FACE_MIRROR_FRACTION = 0.2
+Region = tuple[Sequence[float], Sequence[float]]  # (lo, hi) working voxels (x, y, z): where object centres count
 
 
 def encode_family(family: str) -> Tensor:
@@ -84,9 +85,16 @@ class InstanceModel(nn.Module):
         """The part that runs per window: ``(N, C, X, Y, Z)`` -> tensor or dict of tensors."""
         raise NotImplementedError
 
-    def find_objects(self, dense: Any, spatial: Sequence[int]) -> list[dict[str, Tensor]]:
+    def find_objects(
+        self, dense: Any, spatial: Sequence[int], region: Region | None = None
+    ) -> list[dict[str, Tensor]]:
         """Per image of the batch: ``boxes (K, 6)`` working voxels, ``scores (K,)``, ``classes (K,)`` (>= 1),
-        plus whatever the family's ``object_masks`` needs, for dense outputs of a ``spatial`` working grid."""
+        plus whatever the family's ``object_masks`` needs, for dense outputs of a ``spatial`` working grid.
+
+        ``region`` (``(lo, hi)`` working voxels, x, y, z): only objects whose box centre lies in ``[lo, hi)`` count
+        (the rest of the grid is a block's halo or a mirrored face). The caller drops the others
+        (``centres_in``); a family that removes duplicates (NMS) applies it first, so an object's mirrored or
+        neighbouring twin cannot win over it."""
         raise NotImplementedError
 
     def object_masks(self, dense: Any, index: int, found: dict[str, Tensor], keep: Tensor) -> tuple[Tensor, list]:
@@ -95,14 +103,18 @@ class InstanceModel(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ defaults a family may override
-    def instances(self, dense: Any, spatial: Sequence[int]) -> list[dict[str, Tensor]]:
+    def instances(
+        self, dense: Any, spatial: Sequence[int], region: Region | None = None
+    ) -> list[dict[str, Tensor]]:
         """Whole-grid second stage, per image: ``boxes``, ``scores``, ``labels`` (dataset labels, class - 1) and
-        ``instances (X, Y, Z)`` int32 (value ``k + 1`` = box ``k``; objects left without voxels are dropped)."""
+        ``instances (X, Y, Z)`` int32 (value ``k + 1`` = box ``k``; objects left without voxels are dropped); only
+        objects centred in ``region`` (see ``find_objects``)."""
         results = []
-        for i, found in enumerate(self.find_objects(dense, spatial)):
-            boxes, scores, classes = found["boxes"], found["scores"], found["classes"]
+        for i, found in enumerate(self.find_objects(dense, spatial, region)):
+            keep = centres_in(found["boxes"], region)
+            boxes, scores, classes = found["boxes"][keep], found["scores"][keep], found["classes"][keep]
             if boxes.shape[0]:
-                frames, masks = self.object_masks(dense, i, found, torch.ones_like(scores, dtype=torch.bool))
+                frames, masks = self.object_masks(dense, i, found, keep)
                 instances, present = paste_masks_in_volume(masks, frames, scores, spatial, self.mask_threshold)
                 boxes, scores, classes = boxes[present], scores[present], classes[present]
             else:
@@ -156,4 +168,4 @@ def unwrap(model: nn.Module) -> InstanceModel:
     return getattr(model, "module", model)
 
 
-__all__ = ["FAMILY_KEY", "LEGACY_FAMILY", "InstanceModel", "decode_family", "encode_family", "unwrap"]
+__all__ = ["FAMILY_KEY", "LEGACY_FAMILY", "InstanceModel", "Region", "decode_family", "encode_family", "unwrap"]

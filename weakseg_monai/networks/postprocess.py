@@ -22,6 +22,15 @@ from weakseg_monai.data.instances import boxes_from_instances
 logger = logging.getLogger(__name__)
 
 
+def centres_in(boxes: Tensor, region: tuple[Sequence[float], Sequence[float]] | None) -> Tensor:
+    """``(K,)`` bool: the ``(K, 6)`` boxes whose centre lies in ``region = (lo, hi)`` (all, for ``None``)."""
+    if region is None:
+        return torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    lo, hi = (torch.as_tensor([float(v) for v in r], dtype=boxes.dtype, device=boxes.device) for r in region)
+    centre = (boxes[:, :3] + boxes[:, 3:]) / 2
+    return ((centre >= lo) & (centre < hi)).all(dim=1)
+
+
 def select_detections(
     cls_logits: Tensor,
     box_deltas: Tensor,
@@ -33,11 +42,14 @@ def select_detections(
     nms_thresh: float = 0.3,
     detections_per_image: int = 300,
     min_size: float = 1.0,
+    region: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Boxes, scores and class indices (>= 1) of one image, sorted by decreasing score.
 
     Args:
         cls_logits: ``(A, c)``; box_deltas: ``(A, 6)``; anchors: ``(A, 6)``.
+        region: ``(lo, hi)``: only boxes centred in ``[lo, hi)`` go to NMS (the rest of the grid is a mirrored
+            face or a halo: a twin there must not suppress the object).
     """
     num_classes = cls_logits.shape[1]
     probs = torch.softmax(cls_logits.float(), dim=1)[:, 1:].reshape(-1)
@@ -54,6 +66,8 @@ def select_detections(
     boxes = box_coder.decode_single(box_deltas[anchor_idx].float(), anchors[anchor_idx].float())
     boxes, _ = clip_boxes_to_image(boxes, spatial_size, remove_empty=False)
     big = ((boxes[:, 3:] - boxes[:, :3]) >= min_size).all(dim=1)
+    if region is not None:
+        big &= centres_in(boxes, region)
     boxes, scores, classes = boxes[big], scores[big], classes[big]
     keep = batched_nms(boxes, scores, classes, nms_thresh, max_proposals=-1)
     if keep.numel() > detections_per_image:
@@ -118,13 +132,20 @@ class BoxSelector(nn.Module):
         return int(np.ceil(self.topk_candidates * scale)), int(np.ceil(self.detections_per_image * scale))
 
     def forward(
-        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, box_coder: BoxCoder, spatial: Sequence[int]
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        box_coder: BoxCoder,
+        spatial: Sequence[int],
+        region: tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One image's ``cls_logits (A, c)`` and ``box_deltas (A, 6)`` -> boxes, scores, class indices (>= 1)."""
+        """One image's ``cls_logits (A, c)`` and ``box_deltas (A, 6)`` -> boxes, scores, class indices (>= 1),
+        centred in ``region`` (``select_detections``)."""
         topk, max_detections = self.limits(spatial)
         return select_detections(
             cls_logits, box_deltas, anchors, box_coder, spatial, float(self.score_thresh), topk,
-            float(self.nms_thresh), max_detections, self.min_size,
+            float(self.nms_thresh), max_detections, self.min_size, region,
         )
 
 
