@@ -3,9 +3,9 @@
 A nucleus cut by a face of the volume is a sliver with a hard edge; mirrored across that face it becomes a
 symmetric blob the size of a nucleus, which the model finds as it finds any whole one. Its box and mask are then
 cropped back to the volume. Objects near a face but not on it mirror into copies wholly outside the volume, which
-the crop removes. Measured on the ``face-cut`` suite preset with models trained by the default command
-(``scripts/generalisation.py``; inference only, the same weights with and without): see the family's
-``InstanceModel.face_margin``.
+the crop removes, and only objects centred in the volume go to NMS, so such a copy cannot suppress its original.
+What it gains, measured inference-only on the suite's models with the same weights with and without it: see
+``weakseg_monai.networks.family.FACE_MIRROR_FRACTION`` and ``bundle/docs/results.md``.
 
 Why not MONAI's padding: ``SpatialPad`` / ``pad_images`` pad at the end with constants (what the size divisor
 needs); this pads every face, by reflection, and records how much so results can be moved back.

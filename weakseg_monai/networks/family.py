@@ -30,11 +30,11 @@ from weakseg_monai.networks.postprocess import centres_in, paste_masks_in_volume
 FAMILY_KEY = "family_code"  # the state-dict entry holding the family id (ASCII codes, uint8)
 LEGACY_FAMILY = "nuclei"  # checkpoints written before families existed hold today's nuclei detector
 GRID_MULTIPLE = (4, 4, 2)  # the VoxRes backbone's detection stride: the default snapping of working-grid sizes
-# the image is mirrored beyond each face of the volume by this fraction of the typical object before prediction
-# (``weakseg_monai.inference.faces``). Measured inference-only on the 25 face-cut-preset models on disk (seeds 0, 1;
-# this and earlier recipes), same weights with and without; mean Det F1 / Seg F1 / recall of face-cut objects:
-# 0: 0.811 / 0.717 / 0.718; 0.15: 0.854 / 0.777 / 0.823; 0.2: 0.850 / 0.783 / 0.839; 0.25: 0.847 / 0.781 / 0.834
-# (recall of whole objects 0.869-0.878 throughout); 0.15 and 0.25 each beat none on Det for 23 and 19 of 25
+# the image is mirrored beyond each face of the volume by this fraction of the object size before prediction
+# (``weakseg_monai.inference.faces``; margins rounded up to whole grid multiples). Measured inference-only, the same
+# weights off / on, mean Det F1 / Seg F1 / recall of face-cut objects: 25 face-cut-preset models (seeds 0, 1; this
+# and earlier recipes) 0.811 / 0.717 / 0.718 -> 0.844 / 0.764 / 0.831 (0.3: 0.842 / 0.761 / 0.820); 17 models of the
+# other nuclei presets 0.950 / 0.945 -> 0.976 / 0.969 (bundle/docs/results.md)
 FACE_MIRROR_FRACTION = 0.2
 Region = tuple[Sequence[float], Sequence[float]]  # (lo, hi) working voxels (x, y, z): where object centres count
 
