@@ -11,6 +11,7 @@ from torch import nn
 
 from weakseg_monai.families import InstanceModel
 from weakseg_monai.inference import WeakSegPredictor
+from weakseg_monai.inference.blockwise import Block, mirror_block_faces
 from weakseg_monai.inference.faces import face_pads, mirror_faces
 from weakseg_monai.networks import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
@@ -72,6 +73,15 @@ def test_mirroring_reflects_about_the_edge_voxel_and_only_where_asked():
     assert mirrored[0, 3, 0] == array[3, 0, 0] and mirrored[3, 3, 0] == array[0, 0, 0]
     snapped = face_pads((2.4, 5.0, 0.5), (40, 6, 3), multiple=(4, 4, 2))
     assert snapped == ([4, 4, 2], [4, 4, 2]), "whole grid multiples; below the size (6: 4, not 8)"
+
+
+def test_a_block_mirrors_only_the_faces_of_the_volume_it_touches_and_owns_only_the_volume():
+    image = np.arange(20 * 10 * 6, dtype=np.float32).reshape(20, 10, 6)
+    block = Block(core=((0, 10), (2, 10), (0, 3)), region=((0, 14), (0, 10), (0, 5)))
+    grown, crop = mirror_block_faces(block, image, (3.0, 2.0, 1.0))
+    assert grown.region == ((-3, 14), (-2, 12), (-1, 5)), "x: low face only; y: both faces; z: low face only"
+    assert grown.core == block.core, "a mirrored twin must not be owned (it could win NMS over its original)"
+    np.testing.assert_array_equal(crop, np.pad(image[:14, :, :5], [(3, 0), (2, 2), (1, 0)], mode="reflect"))
 
 
 def test_the_nuclei_family_mirrors_a_fifth_of_its_largest_anchor_shape():

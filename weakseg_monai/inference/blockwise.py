@@ -149,18 +149,15 @@ def merge_blocks(
 
 def mirror_block_faces(block: Block, image: np.ndarray, margin: Sequence[float]) -> tuple[Block, np.ndarray]:
     """A block's crop with the volume's faces it touches mirrored by ``margin`` input voxels
-    (``weakseg_monai.inference.faces``), and the block grown to match: its region and core reach into the mirrored
-    margin (negative or past the volume), so the block owns an object straddling the face; the merge clips."""
+    (``weakseg_monai.inference.faces``), and the block with its region grown to match (negative or past the volume).
+    Its core stays inside the volume: as in the whole-volume path, only objects centred in the volume count, so a
+    mirrored twin cannot win NMS over its original (an object a face cuts is centred inside: the reflection is
+    about the edge voxel)."""
     region = [slice(a, b) for a, b in block.region]
     touches = [(a == 0, b == s) for (a, b), s in zip(block.region, image.shape)]
     before, after = face_pads(margin, [b - a for a, b in block.region], touches)
     crop = mirror_faces(image[tuple(region)], before, after)
-    grown = Block(
-        tuple((a - p if a == r else a, b + q if b == e else b) for (a, b), (r, e), p, q in
-              zip(block.core, block.region, before, after)),
-        tuple((a - p, b + q) for (a, b), p, q in zip(block.region, before, after)),
-    )
-    return grown, crop
+    return Block(block.core, tuple((a - p, b + q) for (a, b), p, q in zip(block.region, before, after))), crop
 
 
 def predict_blockwise(
