@@ -28,9 +28,9 @@ def _sample_variant(path, dtype: str, value: float, patch: bool) -> None:
 
 
 def test_a_few_bright_voxels_do_not_wipe_out_the_detections_and_the_warning_says_what_was_measured(tmp_path):
-    """The shipped sample (26 nuclei; the model finds 27) with a 3 x 3 patch of 65535 (uint16) or one float64 voxel of 1e300: before,
-    1 and 0 instances with a warning that blamed the spacing (the huge normalised values swamped the network's
-    group-norm statistics; 1e300 became inf in float32)."""
+    """The shipped sample (26 nuclei; the model finds 27) with a 3 x 3 patch of 65535 (uint16) or one float64 voxel
+    of 1e300: before, 1 and 0 instances with a warning that blamed the spacing (the huge normalised values swamped
+    the network's group-norm statistics; 1e300 became inf in float32). Now as many as on the plain sample."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     _sample_variant(inputs / "patch.nii.gz", "uint16", 65535, patch=True)
