@@ -22,6 +22,7 @@ from monai.handlers import CheckpointLoader
 
 from weakseg_monai.engines.handlers import save_atomic
 from weakseg_monai.families.loading import checkpoint_state
+from weakseg_monai.networks.family import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def checked_checkpoint(path: str | Path, network: torch.nn.Module | None = None)
     """
     state = checkpoint_state(path)
     if network is not None:
-        module = copy.deepcopy(getattr(network, "module", network)).cpu()
+        module = copy.deepcopy(unwrap(network)).cpu()
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as err:

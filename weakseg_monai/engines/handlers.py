@@ -46,7 +46,7 @@ def save_atomic(obj: object, path: str | Path) -> Path:
 
 def plain_state_dict(network: torch.nn.Module) -> dict:
     """The network's state dict without a DDP / DataParallel ``module.`` wrapper (what ``model.pt`` holds)."""
-    module = getattr(network, "module", network)
+    module = unwrap(network)
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 

@@ -27,7 +27,7 @@ import torch
 from monai.apps.detection.utils.detector_utils import pad_images
 from monai.data.box_utils import batched_nms
 
-from weakseg_monai.inference.faces import face_pads, mirror_faces
+from weakseg_monai.inference.faces import face_pads, mirror_faces, whole_multiples
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
 from weakseg_monai.transforms.dictionary import normalise, resample_volume
@@ -175,7 +175,7 @@ def predict_blockwise(
     logger.info("blockwise: %d blocks of <= %s input voxels (halo %s) over %s", len(blocks), core, halo, image.shape)
     # working voxels mirrored beyond the volume's faces (whole grid multiples, as the whole-volume path), in input
     # voxels
-    working_margin = face_pads(network.face_margin(), (2**31,) * 3, multiple=network.grid_multiple())[0]
+    working_margin = whole_multiples(network.face_margin(), network.grid_multiple())
     margin = [m / z for m, z in zip(working_margin, zoom)]
     detections = []
     for i, block in enumerate(blocks, start=1):

@@ -20,6 +20,11 @@ import torch
 import torch.nn.functional as F
 
 
+def whole_multiples(margin: Sequence[float], multiple: Sequence[int]) -> list[int]:
+    """Each of ``margin`` rounded up to a whole number of ``multiple`` (0 stays 0)."""
+    return [int(np.ceil(float(m) / int(s) - 1e-6)) * int(s) if m > 0 else 0 for m, s in zip(margin, multiple)]
+
+
 def face_pads(
     margin: Sequence[float],
     shape: Sequence[int],
@@ -31,8 +36,7 @@ def face_pads(
     of a stride costs ~0.02 mask IoU), less than the size (reflection needs it; the multiple is then dropped), and
     only on the sides in ``touches`` (default: all) -- a block's sides inside the volume are not faces."""
     before, after = [], []
-    for a, (m, size, step) in enumerate(zip(margin, shape, multiple)):
-        pad = int(np.ceil(float(m) / step - 1e-6)) * int(step) if m > 0 else 0
+    for a, (pad, size, step) in enumerate(zip(whole_multiples(margin, multiple), shape, multiple)):
         if pad >= size:
             pad = (int(size) - 1) // int(step) * int(step) or int(size) - 1
         pad = max(0, pad)
@@ -53,4 +57,4 @@ def mirror_faces(volume: torch.Tensor | np.ndarray, before: Sequence[int], after
     return F.pad(volume[None], pad, mode="reflect")[0]
 
 
-__all__ = ["face_pads", "mirror_faces"]
+__all__ = ["face_pads", "mirror_faces", "whole_multiples"]

@@ -138,11 +138,11 @@ class WeakSegPredictor:
         shape = tuple(x.shape[1:])
         before, after = face_pads(self.network.face_margin(), shape, multiple=self.network.grid_multiple())
         batch, padded = self.pad(mirror_faces(x, before, after))
-        region = (before, [b + s for b, s in zip(before, shape)])  # objects centred in the volume itself
-        result = self.network.instances(self.dense(batch), padded, region)[0]
+        end = [b + s for b, s in zip(before, shape)]
+        result = self.network.instances(self.dense(batch), padded, (before, end))[0]  # centred in the volume itself
         boxes = result["boxes"] - torch.tensor(before * 2, device=result["boxes"].device, dtype=result["boxes"].dtype)
         boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
-        (x0, y0, z0), (x1, y1, z1) = before, [b + s for b, s in zip(before, shape)]
+        (x0, y0, z0), (x1, y1, z1) = before, end
         return dict(result, boxes=boxes, instances=result["instances"][x0:x1, y0:y1, z0:z1])
 
     def __call__(self, image: torch.Tensor, spacing: Sequence[float]) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
 from weakseg_monai.conventions import as_count
+from weakseg_monai.networks.family import unwrap
 from weakseg_monai.transforms.dictionary import (
     DETECTION_STRIDE,
     aligned_size,
@@ -53,7 +54,7 @@ class InputRule:
     @classmethod
     def of(cls, model: torch.nn.Module) -> InputRule:
         """The rule a model of any family carries (its buffers, read now: a checkpoint loaded later changes it)."""
-        model = getattr(model, "module", model)
+        model = unwrap(model)
         return cls(model.working_spacing.tolist(), model.intensity_percentiles.tolist(), model.grid_multiple())
 
     # ------------------------------------------------------------------ geometry
