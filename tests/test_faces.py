@@ -12,9 +12,9 @@ from torch import nn
 from weakseg_monai.families import InstanceModel
 from weakseg_monai.inference import WeakSegPredictor
 from weakseg_monai.inference.blockwise import Block, mirror_block_faces
-from weakseg_monai.inference.faces import face_pads, mirror_faces
 from weakseg_monai.networks import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
+from weakseg_monai.transforms.faces import face_pads, mirror_faces
 
 
 class Recording(nn.Module):
@@ -106,3 +106,35 @@ def test_a_face_cut_object_is_one_instance_inside_the_volume_and_mirrored_copies
     found = sorted(np.asarray(result["boxes"]).round().astype(int).tolist())
     assert found == expected
     np.testing.assert_array_equal(result["instances"] > 0, image > 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mirrored_boxes_are_the_boxes_of_the_mirrored_labels(seed):
+    """Training's view of a face (``mirror_boxes``) against the truth: the bounding boxes of the connected
+    components of the reflected label volume. An object on a face is one box with its mirror image, one near a
+    face gains a copy, corners included. (For objects that are not boxes, a copy the margin clips keeps the clipped
+    box, a little loose in the other axes.)"""
+    from weakseg_monai.transforms.faces import mirror_boxes
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(14, 30)), int(rng.integers(14, 30)), int(rng.integers(6, 12)))
+    labels = np.zeros(shape, dtype=np.int32)
+    boxes = []
+    for _ in range(12):  # box-shaped objects that do not overlap: a clipped copy's tight box is then known
+        lo = [int(rng.integers(0, s - 2)) for s in shape]
+        hi = [min(s, a + int(rng.integers(2, 6))) for a, s in zip(lo, shape)]
+        region = tuple(slice(a, b) for a, b in zip(lo, hi))
+        if not labels[region].any():
+            boxes.append(lo + hi)
+            labels[region] = len(boxes)
+    ids = list(range(1, len(boxes) + 1))
+    before, after = [int(rng.integers(0, 5)) for _ in shape], [int(rng.integers(0, 5)) for _ in shape]
+    got, source, volume = mirror_boxes(np.asarray(boxes, dtype=np.float32), shape, before, after)
+    mirrored = mirror_faces(labels, before, after)
+    want = set()
+    for index, k in enumerate(ids):
+        comp, n = ndimage.label(mirrored == k)
+        for sl in ndimage.find_objects(comp):
+            want.add((index, *(s.start for s in sl), *(s.stop for s in sl)))
+    assert {(int(i), *map(int, b)) for i, b in zip(source, got)} == want
+    assert (volume > 0).all() and len(volume) == len(got)

@@ -168,7 +168,8 @@ def test_loader_reads_tiff_spacing_and_keeps_xyz(tmp_path):
 
 def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(synthetic_dataset, tmp_path):
     """``ToWorkingGridd`` is the preprocessing every predicting workflow composes (and the predictor's own), and
-    it gives what training's load transforms give the image (``InputRuled``), to the bit."""
+    it gives what training's load transforms give the image (``InputRuled``, then ``MirrorFacesd``: the faces
+    mirrored as the predictor mirrors them), to the bit."""
     from weakseg_monai.inference import WeakSegPredictor
     from weakseg_monai.networks import WeakInstanceSegNet
     from weakseg_monai.transforms import ToWorkingGridd
@@ -195,11 +196,14 @@ def test_one_input_rule_for_inference_validation_evaluation_and_the_predictor(sy
     assert isinstance(WeakSegPredictor(network).working_grid(), ToWorkingGridd)
 
     item = load_section(synthetic_dataset, "training")[0]
-    ours = Compose([LoadWeakAnnotationd(), ToWorkingGridd(network)])(item)
     parsers["train"].update({"working_spacing": [0.5, 0.5, 2.0]})
+    trained = parsers["train"].get_parsed_content("network_def")
+    ours = Compose([LoadWeakAnnotationd(), ToWorkingGridd(trained)])(item)
     training = Compose(parsers["train"].get_parsed_content("load_transforms"))(item)
-    assert tuple(ours["image"].shape) == tuple(training["image"].shape) and ours["image"].shape[-1] < 32
-    np.testing.assert_array_equal(ours["image"].numpy(), np.asarray(training["image"]))
+    seen, before = WeakSegPredictor(trained).mirrored(ours["image"])  # what the network sees: faces mirrored
+    assert any(before) and ours["image"].shape[-1] < 32
+    assert tuple(seen.shape) == tuple(training["image"].shape)
+    np.testing.assert_array_equal(seen.numpy(), np.asarray(training["image"]))
     np.testing.assert_array_equal(ours["working_grid"]["zoom"], training["zoom"])
 
 
@@ -284,3 +288,46 @@ def test_face_cut_clears_outside_clips_boxes_and_drops_emptied_ones_with_their_e
         seen_cut += int(cut.any())
     assert seen_cut and seen_dropped
     assert torch.equal(data["instances"], instances) and data["box"].shape == (3, 6)  # the input is not changed
+
+
+def test_a_face_cut_mirrors_as_the_predictor_does_and_moves_the_boxes_with_the_image():
+    """With ``mirror_margin`` a moved face reflects the region kept (up to the margin, padding beyond): every box is
+    the bounding box of one connected piece of its instance in the label volume (an object the cut crosses merged
+    with its reflection, copies of those near the cut, under ids of their own), and the image shows the same
+    reflection."""
+    from scipy import ndimage
+
+    from weakseg_monai.transforms import RandFaceCutd
+
+    margin = (4, 4, 2)
+    transform = RandFaceCutd(prob=1.0, max_fraction=0.5, mirror_margin=margin)
+    transform.set_random_state(seed=0)
+    instances = torch.zeros(1, 20, 20, 10, dtype=torch.int32)
+    boxes = np.array([[4, 4, 0, 12, 12, 6], [0, 0, 0, 3, 3, 3], [14, 14, 5, 20, 20, 10]], dtype=np.float32)
+    for k, box in enumerate(boxes.astype(int), start=1):
+        instances[0, box[0] : box[3], box[1] : box[4], box[2] : box[5]] = k
+    image = torch.rand(1, 20, 20, 10, generator=torch.Generator().manual_seed(0)) + 1.0
+    data = {"image": image, "instances": instances, "box": boxes, "label": np.zeros(3, dtype=np.int64),
+            "mask_annotated": np.ones(3, dtype=np.uint8), "instance_id": np.array([1, 2, 3]),
+            "box_volume": np.prod(boxes[:, 3:] - boxes[:, :3], axis=1)}
+    seen_merged = 0
+    for _ in range(30):
+        out = transform(data)
+        start, end = transform.start, transform.end
+        labels = out["instances"][0].numpy()
+        pieces = set()
+        assert len(set(out["instance_id"].tolist())) == len(out["box"])  # one instance per id, copies renumbered
+        for k in np.unique(labels[labels > 0]):
+            components, _ = ndimage.label(labels == k)
+            pieces |= {(k, *(s.start for s in sl), *(s.stop for s in sl)) for sl in ndimage.find_objects(components)}
+        assert {(int(k), *map(int, b)) for k, b in zip(out["instance_id"], out["box"])} == pieces
+        for key in ("label", "mask_annotated", "box_volume"):
+            assert len(out[key]) == len(out["box"]), key
+        for axis in range(3):  # the image one voxel beyond a moved face is the reflection of one voxel inside it
+            if start[axis] > 0 and end[axis] - start[axis] > 1:
+                kept = [slice(a, b) for a, b in zip(start, end)]
+                beyond, inside = list(kept), list(kept)
+                beyond[axis], inside[axis] = start[axis] - 1, start[axis] + 1
+                assert torch.equal(out["image"][0][tuple(beyond)], image[0][tuple(inside)])
+        seen_merged += any(int(b[a]) < start[a] for b in out["box"] for a in range(3))
+    assert seen_merged

@@ -27,10 +27,10 @@ import torch
 from monai.apps.detection.utils.detector_utils import pad_images
 from monai.data.box_utils import batched_nms
 
-from weakseg_monai.inference.faces import face_pads, mirror_faces, whole_multiples
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks_in_volume
 from weakseg_monai.transforms.dictionary import normalise, resample_volume
+from weakseg_monai.transforms.faces import face_pads, mirror_faces, mirror_margin
 from weakseg_monai.transforms.input_rule import InputRule
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def merge_blocks(
 
 def mirror_block_faces(block: Block, image: np.ndarray, margin: Sequence[float]) -> tuple[Block, np.ndarray]:
     """A block's crop with the volume's faces it touches mirrored by ``margin`` input voxels
-    (``weakseg_monai.inference.faces``), and the block with its region grown to match (negative or past the volume).
+    (``weakseg_monai.transforms.faces``), and the block with its region grown to match (negative or past the volume).
     Its core stays inside the volume: as in the whole-volume path, only objects centred in the volume count, so a
     mirrored twin cannot win NMS over its original (an object a face cuts is centred inside: the reflection is
     about the edge voxel)."""
@@ -175,8 +175,7 @@ def predict_blockwise(
     logger.info("blockwise: %d blocks of <= %s input voxels (halo %s) over %s", len(blocks), core, halo, image.shape)
     # working voxels mirrored beyond the volume's faces (whole grid multiples, as the whole-volume path), in input
     # voxels
-    working_margin = whole_multiples(network.face_margin(), network.grid_multiple())
-    margin = [m / z for m, z in zip(working_margin, zoom)]
+    margin = [m / z for m, z in zip(mirror_margin(network), zoom)]
     detections = []
     for i, block in enumerate(blocks, start=1):
         mirrored, crop = mirror_block_faces(block, image, margin)

@@ -21,13 +21,13 @@ from monai.apps.detection.utils.detector_utils import pad_images
 from monai.inferers import sliding_window_inference
 
 from weakseg_monai.conventions import as_count, as_fraction, as_size
-from weakseg_monai.inference.faces import face_pads, mirror_faces
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import compact_labels
 from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percentiles, check_working_size: re-exported)
     check_working_size,
     scale_percentiles,
 )
+from weakseg_monai.transforms.faces import face_pads, mirror_faces
 from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
 
 logger = logging.getLogger(__name__)
@@ -132,18 +132,24 @@ class WeakSegPredictor:
     @torch.inference_mode()
     def predict_working(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Instances of a normalised ``(1, X, Y, Z)`` volume at the working spacing (same grid out), its faces
-        mirrored by the family's ``face_margin`` first (``weakseg_monai.inference.faces``) and cropped back after;
+        mirrored by the family's ``face_margin`` first (``weakseg_monai.transforms.faces``) and cropped back after;
         only objects centred in the volume itself are kept (a mirrored twin cannot suppress its original)."""
         self.network.eval()
         shape = tuple(x.shape[1:])
-        before, after = face_pads(self.network.face_margin(), shape, multiple=self.network.grid_multiple())
-        batch, padded = self.pad(mirror_faces(x, before, after))
+        mirrored, before = self.mirrored(x)
+        batch, padded = self.pad(mirrored)
         end = [b + s for b, s in zip(before, shape)]
         result = self.network.instances(self.dense(batch), padded, (before, end))[0]  # centred in the volume itself
         boxes = result["boxes"] - torch.tensor(before * 2, device=result["boxes"].device, dtype=result["boxes"].dtype)
         boxes = torch.minimum(boxes.clamp(min=0), torch.tensor(shape * 2, device=boxes.device, dtype=boxes.dtype))
         (x0, y0, z0), (x1, y1, z1) = before, end
         return dict(result, boxes=boxes, instances=result["instances"][x0:x1, y0:y1, z0:z1])
+
+    def mirrored(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """A ``(C, X, Y, Z)`` working volume with the family's ``face_margin`` mirrored beyond its faces, and the
+        voxels added before each axis (what training's ``MirrorFacesd`` gives a training volume)."""
+        before, after = face_pads(self.network.face_margin(), x.shape[1:], multiple=self.network.grid_multiple())
+        return mirror_faces(x, before, after), before
 
     def __call__(self, image: torch.Tensor, spacing: Sequence[float]) -> dict[str, np.ndarray]:
         """Instances of a ``(1, X, Y, Z)`` image of the given (x, y, z) spacing, in its own voxel grid.

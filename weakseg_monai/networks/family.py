@@ -31,7 +31,7 @@ FAMILY_KEY = "family_code"  # the state-dict entry holding the family id (ASCII 
 LEGACY_FAMILY = "nuclei"  # checkpoints written before families existed hold today's nuclei detector
 GRID_MULTIPLE = (4, 4, 2)  # the VoxRes backbone's detection stride: the default snapping of working-grid sizes
 # the image is mirrored beyond each face of the volume by this fraction of the object size before prediction
-# (``weakseg_monai.inference.faces``; margins rounded up to whole grid multiples). Measured inference-only, the same
+# (``weakseg_monai.transforms.faces``; margins rounded up to whole grid multiples). Measured inference-only, the same
 # weights off / on, mean Det F1 / Seg F1 / recall of face-cut objects: 25 face-cut-preset models (seeds 0, 1; this
 # and earlier recipes) 0.811 / 0.717 / 0.718 -> 0.844 / 0.764 / 0.831 (0.3: 0.842 / 0.761 / 0.820); 17 models of the
 # other nuclei presets 0.950 / 0.945 -> 0.976 / 0.969 (bundle/docs/results.md)
