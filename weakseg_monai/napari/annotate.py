@@ -148,8 +148,9 @@ class BoxAnnotator:
         owners = self.layer.features["box_index"].to_numpy().astype(np.int64)
         vertices = [point_from_display_rows(v) for v in self.layer.data]
         drawn = [v for v, k in zip(vertices, owners) if k < 0]
-        for v, k in zip(vertices, owners):
-            if k >= 0 and not _same_rectangle(v, rectangle_of(weak.boxes[k], v[0, 2])):
+        before = self.weak.boxes
+        for v, k in zip(vertices, owners):  # compared with the boxes before the edit: one moved rectangle wins
+            if k >= 0 and not _same_rectangle(v, rectangle_of(before[k], v[0, 2])):
                 weak.boxes[k] = with_xy_from_rectangle(weak.boxes[k], v, self.shape_xyz)
                 self.last_box = int(k)
         shown = np.bincount(owners[owners >= 0], minlength=len(weak))
@@ -160,8 +161,11 @@ class BoxAnnotator:
         self.commit(weak)
 
     def _on_mask_painted(self, event: Any = None) -> None:
-        if not self._busy:
-            self.sync_from_mask()
+        if self._busy:
+            return
+        for atom in getattr(event, "value", None) or []:
+            _apply_paint(self.mask_layer.data, atom)
+        self.sync_from_mask()
 
     def sync_from_mask(self) -> None:
         """After painting: boxes grow to their voxels, flags follow the mask, new values become new boxes."""
@@ -172,6 +176,22 @@ class BoxAnnotator:
         if len(weak) > len(self.weak):
             self.last_box = len(weak) - 1
         self.commit(weak)
+
+
+def _apply_paint(data: np.ndarray, atom: Any) -> None:
+    """Write one paint event's edit into ``data``. napari 0.9 emits ``paint`` for a single ``Labels.paint`` call
+    before it writes the voxels (after a brush stroke, once they are written), so the annotator writes the same
+    values first. An atom is napari's masked edit (``slice_key``, ``mask``, ``new_value``) or an
+    ``(indices, old, new)`` tuple."""
+    if hasattr(atom, "slice_key"):
+        if atom.mask is None:
+            data[atom.slice_key] = atom.new_value
+        else:
+            region = np.asarray(data[atom.slice_key])
+            region[atom.mask] = atom.new_value
+            data[atom.slice_key] = region
+    elif isinstance(atom, tuple) and len(atom) == 3:
+        data[atom[0]] = atom[2]
 
 
 def point_from_display_rows(vertices_zyx: np.ndarray) -> np.ndarray:
