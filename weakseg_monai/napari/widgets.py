@@ -1,0 +1,150 @@
+"""The dock widgets (magicgui on Qt), thin over the Qt-free modules: ``AnnotateWidget`` (start annotating an image,
+the z-end and fit keys as buttons, Save as weak dataset) and ``SegmentWidget`` (the predictor in a worker thread)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from napari.layers import Image, Layer
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from weakseg_monai.napari import annotate
+from weakseg_monai.napari.layers import weak_meta
+from weakseg_monai.napari.save import notify_report, save_weak_dataset
+from weakseg_monai.napari.segment import SHIPPED_MODEL, STEPS, image_input, prediction_layers, segment_steps
+
+if TYPE_CHECKING:
+    import napari
+
+GESTURES = (
+    "<b>One box in three gestures</b> (boxes layer selected):<br>"
+    "1. draw a rectangle (R) on a slice through the nucleus;<br>"
+    "2. Shift-Z on its first slice, 3. Shift-Z on its last slice.<br>"
+    "Move / resize a rectangle (S) to edit its box; Delete removes it.<br>"
+    "Shift-M: paint the selected box's mask; Shift-F: fit the box to it."
+)
+
+
+def _image_layers(viewer: Any) -> list[tuple[str, Layer]]:
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def _active_image(viewer: Any) -> Layer | None:
+    active = viewer.layers.selection.active
+    if isinstance(active, Image):
+        return active
+    images = _image_layers(viewer)
+    return images[0][1] if images else None
+
+
+class AnnotateWidget(Container):
+    """Start annotating an image, the annotation keys as buttons, and Save as weak dataset."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=lambda _: _image_layers(self.viewer))
+        self.start = PushButton(text="Annotate this image")
+        self.z_end = PushButton(text="Z end here (Shift-Z)")
+        self.fit = PushButton(text="Fit boxes to masks (Shift-F)")
+        self.folder = FileEdit(label="dataset folder", mode="d")
+        self.save = PushButton(text="Save as weak dataset")
+        self.extend([Label(value=GESTURES), self.image, self.start, self.z_end, self.fit, self.folder, self.save])
+        self.start.changed.connect(self.start_annotation)
+        self.z_end.changed.connect(self.z_end_here)
+        self.fit.changed.connect(self.fit_boxes)
+        self.save.changed.connect(self.save_dataset)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.refresh)
+        annotate.attach(self.viewer)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        """New image choices; the folder defaults to the opened dataset's."""
+        self.image.reset_choices()
+        if not str(self.folder.value) or str(self.folder.value) == ".":
+            opened = [weak_meta(layer)["dataset"] for layer in self.viewer.layers if weak_meta(layer).get("dataset")]
+            if opened:
+                self.folder.value = opened[0]
+
+    def _annotator(self) -> annotate.BoxAnnotator | None:
+        image = self.image.value or _active_image(self.viewer)
+        return None if image is None else annotate.start_annotation(self.viewer, image)
+
+    def start_annotation(self) -> None:
+        annotator = self._annotator()
+        if annotator is not None:
+            self.viewer.layers.selection.active = annotator.layer
+            annotator.layer.mode = "add_rectangle"
+
+    def z_end_here(self) -> None:
+        annotator = self._annotator()
+        if annotator is not None:
+            annotator.set_z_end(annotate.current_slice(self.viewer, annotator.layer))
+
+    def fit_boxes(self) -> None:
+        annotator = self._annotator()
+        if annotator is not None:
+            annotator.fit_to_mask()
+
+    def save_dataset(self) -> None:
+        folder = Path(str(self.folder.value))
+        if str(self.folder.value) in ("", "."):
+            show_error("choose a dataset folder to save into")
+            return
+        try:
+            _, report = save_weak_dataset(self.viewer.layers, folder)
+        except (OSError, ValueError) as err:
+            show_error(f"not saved: {err}")
+            return
+        notify_report(report, folder)
+
+
+class SegmentWidget(Container):
+    """Run a model on an image layer in a worker thread; adds the instances (Labels) and their boxes."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=lambda _: _image_layers(self.viewer))
+        self.model = FileEdit(label="model.pt or bundle", mode="r", filter="*.pt")
+        if SHIPPED_MODEL.is_file():
+            self.model.value = SHIPPED_MODEL
+        self.run = PushButton(text="Segment")
+        self.progress = ProgressBar(label="progress", min=0, max=len(STEPS) - 1, value=0)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.run, self.progress, self.status])
+        self.worker: Any = None
+        self.run.changed.connect(self.segment)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda _=None: self.image.reset_choices())
+        active = _active_image(self.viewer)
+        if active is not None:
+            self.image.value = active
+
+    def segment(self) -> None:
+        """Start the worker on the chosen image layer (spacing from its ``scale``)."""
+        layer = self.image.value or _active_image(self.viewer)
+        if layer is None:
+            show_error("open an image first")
+            return
+        volume, spacing, item_id = image_input(layer)
+        choice = str(self.model.value) if str(self.model.value) not in ("", ".") else None
+        self.run.enabled = False
+        self.worker = thread_worker(segment_steps)(volume, spacing, choice)
+        self.worker.yielded.connect(lambda value: self._on_step(value, spacing, item_id))
+        self.worker.errored.connect(lambda err: show_error(f"segmentation failed: {err}"))
+        self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
+        self.worker.start()
+
+    def _on_step(self, value: Any, spacing: tuple[float, float, float], item_id: str) -> None:
+        if isinstance(value, int):
+            self.progress.value = value
+            self.status.value = STEPS[value]
+            return
+        for data, kwargs, kind in prediction_layers(value, spacing, item_id):
+            self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        show_info(f"{item_id}: {len(value['boxes'])} instances")
