@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from weakseg_monai.utils.zoo import export_bundle, zoo_requirements
+from weakseg_monai.utils.zoo import NOT_CARRIED, export_bundle, zoo_requirements
 
 from .conftest import BUNDLE_DIR, REPO_ROOT
 
@@ -38,6 +38,7 @@ def test_export_carries_the_code_and_the_zoo_unit_test_and_refuses_to_overwrite(
     assert (target / "models" / "model.pt").read_bytes() == (BUNDLE_DIR / "models" / "model.pt").read_bytes()
     assert sorted(p.name for p in (target / "models").iterdir()) == ["model.pt", "model.ts"]
     assert (target / "weakseg_monai" / "__init__.py").is_file(), "the bundle carries the code its configs import"
+    assert not (target / "weakseg_monai" / "napari").exists(), "but not the napari plugin (napari and Qt)"
     assert not list((target / "weakseg_monai").rglob("__pycache__"))
     assert (tmp_path / "ci" / "unit_tests" / f"test_{NAME}.py").is_file(), "the zoo-style unit test, zoo tree"
     assert not (target / "runs").exists() and not (target / "data").exists()
@@ -48,6 +49,8 @@ def test_export_carries_the_code_and_the_zoo_unit_test_and_refuses_to_overwrite(
 def _third_party_imports() -> set[str]:
     names = set()
     for path in (REPO_ROOT / "weakseg_monai").rglob("*.py"):
+        if path.relative_to(REPO_ROOT / "weakseg_monai").parts[0] in NOT_CARRIED:
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)

@@ -24,6 +24,7 @@ ZOO_MAX_FILE_BYTES = 25 * 1024 * 1024  # the model zoo refuses larger files
 SHIPPED = ("LICENSE", "configs", "docs", "sample", "sample_gt", "models/model.pt", "models/model.ts")
 PACKAGE = "weakseg_monai"
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+NOT_CARRIED = ("napari",)  # subpackages the bundle's configs never import: the napari plugin (napari, Qt) stays out
 
 
 def default_bundle_dir() -> Path:
@@ -62,7 +63,8 @@ def export_bundle(out: str | Path, bundle_dir: str | Path | None = None) -> Path
             shutil.copy2(path, target / entry)
         else:
             raise FileNotFoundError(f"{path}: part of the exported bundle, missing")
-    shutil.copytree(Path(weakseg_monai.__file__).resolve().parent, target / PACKAGE, ignore=IGNORED)
+    package = Path(weakseg_monai.__file__).resolve().parent
+    shutil.copytree(package, target / PACKAGE, ignore=carried_code_only(package))
     too_big = [p for p in target.rglob("*") if p.is_file() and p.stat().st_size > ZOO_MAX_FILE_BYTES]
     if too_big:
         shutil.rmtree(target)
@@ -70,6 +72,16 @@ def export_bundle(out: str | Path, bundle_dir: str | Path | None = None) -> Path
     unit_test.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(test_source, unit_test)
     return target
+
+
+def carried_code_only(package: Path):
+    """``copytree``'s ignore for the package: ``IGNORED`` plus the subpackages in ``NOT_CARRIED``."""
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        left_out = {n for n in names if Path(folder).resolve() == package and n in NOT_CARRIED}
+        return set(IGNORED(folder, names)) | left_out
+
+    return ignore
 
 
 def zoo_requirements(metadata: dict) -> list[str]:
