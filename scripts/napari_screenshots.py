@@ -24,6 +24,7 @@ import sys
 sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -34,9 +35,16 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "bundle" / "sample" / "sample_000.nii.gz"
 SAMPLE_GT = REPO / "bundle" / "sample_gt" / "sample_000_gt.nii.gz"
-WINDOW = (1280, 760)
+WINDOW = (1600, 860)
 N_BOXES = 5
 MAX_BYTES = 300_000
+
+
+def settle(viewer) -> None:
+    """Let the window lay out its docks, then fit the image to the canvas that is left."""
+    wait_for(lambda: True)
+    viewer.reset_view()
+    wait_for(lambda: True)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 300.0) -> None:
@@ -57,7 +65,12 @@ def wait_for(condition: Callable[[], bool], timeout: float = 300.0) -> None:
 def save_png(viewer, path: Path) -> int:
     """The whole window as a 256-colour PNG; returns its size in bytes."""
     from PIL import Image
+    from qtpy.QtWidgets import QApplication, QWidget
 
+    for window in QApplication.topLevelWidgets():  # toasts that got through (the PyQt5 deprecation, "N instances")
+        for child in window.findChildren(QWidget):
+            if type(child).__name__ == "NapariQtNotification":
+                child.hide()
     wait_for(lambda: True)
     rgba = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(np.asarray(rgba)[..., :3]).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
@@ -107,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iterations", type=int, default=20, help="the Train widget's run (stopped after 3)")
     args = parser.parse_args(argv)
 
+    work = Path(tempfile.mkdtemp(prefix="weakseg_napari_"))
+    os.environ["NAPARI_CONFIG"] = str(work / "napari_settings.yaml")  # napari's settings, not the user's file
     import napari
 
     from weakseg_monai.napari.reader import get_reader
@@ -118,15 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     for data, kwargs, kind in get_reader(str(SAMPLE))(str(SAMPLE)):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     image = viewer.layers["sample_000"]
-    work = Path(tempfile.mkdtemp(prefix="weakseg_napari_"))
 
     # Weak annotation
     z = annotate_sample(viewer, image)
     viewer.dims.set_point(0, z * image.scale[0])
-    viewer.reset_view()
     annotate_widget = AnnotateWidget(viewer)
     annotate_widget.folder.value = work / "annotated"
     viewer.window.add_dock_widget(annotate_widget, name="Weak annotation")
+    settle(viewer)
     save_png(viewer, args.out / "napari_annotate.png")
     _, report = save_weak_dataset(viewer.layers, work / "annotated")  # what its Save button does
     assert report.ok, report.format()
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         layer.visible = layer is image
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment")
+    settle(viewer)
     segment.segment()
     wait_for(lambda: "sample_000 instances" in [layer.name for layer in viewer.layers] and segment.run.enabled)
     viewer.layers.selection.active = viewer.layers["sample_000 instances"]
@@ -151,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     train.output.value = work / "model"
     train.iterations.value = args.iterations
     viewer.window.add_dock_widget(train, name="Train")
+    viewer.layers.selection.active = viewer.layers["sample_000 boxes"]
+    settle(viewer)
     train.train()
     wait_for(lambda: train.progress.value >= 3, timeout=600)
     save_png(viewer, args.out / "napari_train.png")
