@@ -39,7 +39,7 @@ from weakseg_monai.napari.reader import get_reader  # noqa: E402
 from weakseg_monai.napari.save import notify_report, save_weak_dataset  # noqa: E402
 from weakseg_monai.napari.segment import image_input, prediction_layers, segment_volume  # noqa: E402
 
-from .napari_support import SAMPLE, add_layers, bundle_inference_labels  # noqa: E402
+from .napari_support import SAMPLE, add_layers, annotate_stack, bundle_inference_labels, write_stack  # noqa: E402
 
 MANIFEST = Path(__file__).resolve().parents[1] / "weakseg_monai" / "napari" / "napari.yaml"
 
@@ -56,7 +56,7 @@ def test_the_manifest_is_valid_and_names_importable_commands():
     manifest = PluginManifest.from_file(MANIFEST)
     manifest.validate_imports()
     assert {c.id for c in manifest.contributions.commands} == {
-        "weakseg-monai.get_reader", "weakseg-monai.annotate", "weakseg-monai.segment"
+        "weakseg-monai.get_reader", "weakseg-monai.annotate", "weakseg-monai.segment", "weakseg-monai.train"
     }
 
 
@@ -232,19 +232,10 @@ def test_segmenting_the_shipped_sample_equals_the_bundle_inference():
 def test_chain_reader_annotate_save_validate_segment(tmp_path):
     """An image opened, two boxes drawn (programmatically), one mask painted, saved as a weak dataset that our
     validator accepts, reopened, and segmented with the shipped checkpoint."""
-    rng = np.random.default_rng(0)
-    volume = rng.normal(100, 5, (48, 48, 12)).astype(np.float32)
-    volume[8:18, 8:18, 3:8] += 400
-    volume[28:40, 26:38, 4:9] += 400
-    write_volume(tmp_path / "stack.nii.gz", volume, (0.5, 0.5, 1.0))
+    volume = write_stack(tmp_path / "stack.nii.gz")
     viewer = ViewerModel()
     (image,) = open_in(viewer, tmp_path / "stack.nii.gz")
-    annotator = annotate.start_annotation(viewer, image)
-    annotator.add_box([8, 8, 3, 18, 18, 8])
-    annotator.add_box([28, 26, 4, 40, 38, 9])
-    annotator.mask_layer.brush_size = 3
-    for z in range(3, 8):
-        annotator.mask_layer.paint((z, 13, 13), 1)
+    annotator = annotate_stack(viewer, image)
     assert annotator.weak.mask_annotated.tolist() == [True, False]
     folder = tmp_path / "annotated"
     _, report = save_weak_dataset(viewer.layers, folder)

@@ -4,9 +4,6 @@ a missing display fails."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
@@ -18,33 +15,9 @@ from weakseg_monai.napari import axes  # noqa: E402
 from weakseg_monai.napari.layers import weak_meta  # noqa: E402
 from weakseg_monai.napari.reader import get_reader  # noqa: E402
 
-from .napari_support import SAMPLE, add_layers, bundle_inference_labels  # noqa: E402
+from .napari_support import SAMPLE, add_layers, bundle_inference_labels, why_no_qt  # noqa: E402
 
-
-def _tensorflow_installed() -> bool:
-    try:
-        return importlib.util.find_spec("tensorflow") is not None
-    except ValueError:  # blocked with sys.modules["tensorflow"] = None
-        return False
-
-
-def _why_no_qt() -> str | None:
-    """Decided at collection, before any fixture: napari's and pytest-qt's autouse fixtures create the Qt application,
-    and without a display Qt aborts the whole process instead of raising. pytest-xvfb has set ``DISPLAY`` by then."""
-    if _tensorflow_installed():
-        # measured with napari 0.9.2 / PyQt5 5.15.11 / tensorflow-cpu 2.21: a process that made a napari Qt viewer
-        # and imported tensorflow (monai's tensorboard import pulls it in when installed) aborts at exit ("free():
-        # invalid pointer", exit code 134) after every test passed. CI's [test] environment has no tensorflow.
-        return "tensorflow is installed (the peers extra): it and a napari Qt viewer abort the process at exit"
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return None
-    reason = "no display server for the Qt widget tests (install xvfb and xauth: pytest-xvfb then starts one)"
-    if os.environ.get("WEAKSEG_REQUIRE_DISPLAY") == "1":
-        pytest.fail(reason + "; WEAKSEG_REQUIRE_DISPLAY=1 requires one", pytrace=False)
-    return reason
-
-
-WHY_NO_QT = _why_no_qt()
+WHY_NO_QT = why_no_qt()
 pytestmark = pytest.mark.skipif(WHY_NO_QT is not None, reason=str(WHY_NO_QT))
 
 

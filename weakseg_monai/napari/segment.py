@@ -22,7 +22,8 @@ from weakseg_monai.napari.boxes import WeakBoxes
 from weakseg_monai.napari.layers import LayerDataTuple, boxes_layer, labels_layer, layer_spacing, new_item_id
 from weakseg_monai.transforms.dictionary import finite_float32
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"  # the repository's bundle/: a source checkout only
+SHIPPED_MODEL = BUNDLE_DIR / "models" / "model.pt"
 STEPS = ("loading the model", "predicting", "done")
 
 

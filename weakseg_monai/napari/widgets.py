@@ -1,12 +1,14 @@
 """The dock widgets (magicgui on Qt), thin over the Qt-free modules: ``AnnotateWidget`` (start annotating an image,
-the z-end and fit keys as buttons, Save as weak dataset) and ``SegmentWidget`` (the predictor in a worker thread)."""
+the z-end and fit keys as buttons, Save as weak dataset), ``SegmentWidget`` (the predictor in a worker thread) and
+``TrainWidget`` (the bundle's train workflow in a worker thread, with Stop)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Layer
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
@@ -15,6 +17,8 @@ from weakseg_monai.napari import annotate
 from weakseg_monai.napari.layers import weak_meta
 from weakseg_monai.napari.save import notify_report, save_weak_dataset
 from weakseg_monai.napari.segment import SHIPPED_MODEL, STEPS, image_input, prediction_layers, segment_steps
+from weakseg_monai.napari.train import TRAIN_CONFIG, TrainProgress, TrainResult, train_steps
+from weakseg_monai.utils.errors import root_cause
 
 if TYPE_CHECKING:
     import napari
@@ -30,6 +34,17 @@ GESTURES = (
 
 def _image_layers(viewer: Any) -> list[tuple[str, Layer]]:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def _chosen(edit: FileEdit) -> Path | None:
+    """A ``FileEdit``'s path, or ``None`` while nothing is chosen (magicgui shows that as ``.``)."""
+    return None if str(edit.value) in ("", ".") else Path(str(edit.value))
+
+
+def _opened_dataset(viewer: Any) -> str | None:
+    """The dataset folder the viewer's layers were opened from, if any."""
+    opened = [weak_meta(layer)["dataset"] for layer in viewer.layers if weak_meta(layer).get("dataset")]
+    return opened[0] if opened else None
 
 
 def _active_image(viewer: Any) -> Layer | None:
@@ -65,10 +80,9 @@ class AnnotateWidget(Container):
     def refresh(self, event: Any = None) -> None:
         """New image choices; the folder defaults to the opened dataset's."""
         self.image.reset_choices()
-        if not str(self.folder.value) or str(self.folder.value) == ".":
-            opened = [weak_meta(layer)["dataset"] for layer in self.viewer.layers if weak_meta(layer).get("dataset")]
-            if opened:
-                self.folder.value = opened[0]
+        opened = _opened_dataset(self.viewer)
+        if _chosen(self.folder) is None and opened:
+            self.folder.value = opened
 
     def _annotator(self) -> annotate.BoxAnnotator | None:
         image = self.image.value or _active_image(self.viewer)
@@ -91,8 +105,8 @@ class AnnotateWidget(Container):
             annotator.fit_to_mask()
 
     def save_dataset(self) -> None:
-        folder = Path(str(self.folder.value))
-        if str(self.folder.value) in ("", "."):
+        folder = _chosen(self.folder)
+        if folder is None:
             show_error("choose a dataset folder to save into")
             return
         try:
@@ -148,3 +162,90 @@ class SegmentWidget(Container):
         for data, kwargs, kind in prediction_layers(value, spacing, item_id):
             self.viewer.add_layer(Layer.create(data, kwargs, kind))
         show_info(f"{item_id}: {len(value['boxes'])} instances")
+
+
+class TrainWidget(Container):
+    """Train on a saved weak dataset through the bundle's ``train.json`` in a worker thread, showing iteration / total
+    and the loss; Stop ends the run after the current iteration with a usable ``model.pt``, which then becomes the
+    model of the viewer's Segment widgets. Needs the source checkout (``bundle/configs/train.json``)."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.dataset = FileEdit(label="dataset folder", mode="d")
+        self.output = FileEdit(label="output folder", mode="d")
+        self.iterations = SpinBox(label="iterations", min=0, max=1_000_000, step=10, value=0,
+                                  tooltip="0: the planner's schedule (1200-2000); a few for a quick look")
+        self.run = PushButton(text="Train")
+        self.stop = PushButton(text="Stop", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(value="" if TRAIN_CONFIG.is_file() else f"needs the source checkout: no {TRAIN_CONFIG}")
+        self.extend([self.dataset, self.output, self.iterations, self.run, self.stop, self.progress, self.status])
+        self.worker: Any = None
+        self.stop_event = threading.Event()
+        self.result: TrainResult | None = None
+        self.run.changed.connect(self.train)
+        self.stop.changed.connect(self.request_stop)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        """The dataset folder defaults to the opened dataset's."""
+        opened = _opened_dataset(self.viewer)
+        if _chosen(self.dataset) is None and opened:
+            self.dataset.value = opened
+
+    def train(self) -> None:
+        """Start the bundle's train workflow on the chosen folders in a worker thread."""
+        dataset, output = _chosen(self.dataset), _chosen(self.output)
+        if dataset is None or not (dataset / "datalist.json").is_file():
+            show_error("choose a dataset folder with a datalist.json (Save as weak dataset writes one)")
+            return
+        if output is None:
+            show_error("choose an output folder for the model")
+            return
+        self.stop_event = threading.Event()
+        self.result = None
+        self.progress.value = 0
+        self.status.value = "starting (planning, loading the data)"
+        self.run.enabled, self.stop.enabled = False, True
+        self.worker = thread_worker(train_steps)(dataset, output, int(self.iterations.value) or None, self.stop_event)
+        self.worker.yielded.connect(self._on_step)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def request_stop(self) -> None:
+        """Stop after the current iteration (the model files are still written)."""
+        self.stop_event.set()
+        self.stop.enabled = False
+        self.status.value = "stopping after this iteration"
+
+    def _on_step(self, value: TrainProgress | TrainResult) -> None:
+        if isinstance(value, TrainProgress):
+            self.progress.max = max(value.total, 1)
+            self.progress.value = value.iteration
+            self.status.value = value.text()
+            return
+        self.result = value
+        self.status.value = f"{value.summary()}: {value.output_dir.name}/models/model.pt"
+        offered = self.offer_model(value.model)
+        show_info(value.text() + ("; Segment now uses it" if offered else ""))
+
+    def offer_model(self, model: Path) -> bool:
+        """Set the trained ``model.pt`` as the model of the viewer's docked Segment widgets; True if there was one."""
+        window = getattr(self.viewer, "window", None)
+        docked = list(getattr(window, "dock_widgets", {}).values()) if window is not None else []
+        segment = [w for w in docked if isinstance(w, SegmentWidget)]
+        for widget in segment:
+            widget.model.value = model
+        return bool(segment)
+
+    def _on_error(self, error: BaseException) -> None:
+        cause = root_cause(error)
+        self.status.value = f"failed: {cause}"
+        show_error(f"training failed: {type(cause).__name__}: {cause}")
+
+    def _on_finished(self) -> None:
+        self.run.enabled, self.stop.enabled = True, False
