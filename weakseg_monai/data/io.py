@@ -30,6 +30,7 @@ VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *TIFF_SUFFIXES)  # every volume format the p
 # a prediction of NAME.EXT is written as NAME_instances.EXT (with NAME_boxes.json, NAME_preview.png): a promise to
 # every reader of our outputs (score, to-ctc, an input folder that holds earlier predictions)
 PREDICTION_SUFFIX = "_instances"
+BOXES_SUFFIX = "_boxes.json"
 
 
 def volume_stem(path: str | Path) -> str:

@@ -27,6 +27,7 @@ from monai.utils.enums import CommonKeys as Keys
 
 from weakseg_monai.conventions import as_flag, as_spacing
 from weakseg_monai.data.io import (
+    BOXES_SUFFIX,
     PREDICTION_SUFFIX,
     VOLUME_SUFFIXES,
     is_nifti,
@@ -156,7 +157,7 @@ def save_prediction(
     out.mkdir(parents=True, exist_ok=True)
     stem = output_stem(source)
     suffix = ".nii.gz" if is_nifti(source) else ".tif"
-    targets = {"instances": out / f"{stem}_instances{suffix}", "boxes": out / f"{stem}_boxes.json"}
+    targets = {"instances": out / f"{stem}_instances{suffix}", "boxes": out / f"{stem}{BOXES_SUFFIX}"}
     if preview:
         targets["preview"] = out / f"{stem}_preview.png"
     temporary = {k: v.with_name(f".tmp_{os.getpid()}_{v.name}") for k, v in targets.items()}

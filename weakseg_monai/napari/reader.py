@@ -19,6 +19,7 @@ import numpy as np
 
 from weakseg_monai.data.datalist import DATALIST_NAME, SECTIONS, datalist_path, item_id, read_datalist
 from weakseg_monai.data.io import (
+    BOXES_SUFFIX,
     PREDICTION_SUFFIX,
     VOLUME_SUFFIXES,
     is_nifti,
@@ -32,7 +33,6 @@ from weakseg_monai.napari.boxes import WeakBoxes
 from weakseg_monai.napari.layers import LayerDataTuple, boxes_layer, image_layer, labels_layer
 
 logger = logging.getLogger(__name__)
-BOXES_SUFFIX = "_boxes.json"
 ITEM_FIELDS = ("id", "image", "box", "label", "mask", "mask_annotated", "spacing", "gt_instances")
 
 
