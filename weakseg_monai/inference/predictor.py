@@ -27,7 +27,7 @@ from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percenti
     check_working_size,
     scale_percentiles,
 )
-from weakseg_monai.transforms.faces import face_pads, mirror_faces
+from weakseg_monai.transforms.faces import mirror_faces, model_face_pads
 from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class WeakSegPredictor:
     def mirrored(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """A ``(C, X, Y, Z)`` working volume with the family's ``face_margin`` mirrored beyond its faces, and the
         voxels added before each axis (what training's ``MirrorFacesd`` gives a training volume)."""
-        before, after = face_pads(self.network.face_margin(), x.shape[1:], multiple=self.network.grid_multiple())
+        before, after = model_face_pads(self.network, x.shape[1:])
         return mirror_faces(x, before, after), before
 
     def __call__(self, image: torch.Tensor, spacing: Sequence[float]) -> dict[str, np.ndarray]:

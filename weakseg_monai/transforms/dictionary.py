@@ -32,8 +32,7 @@ from weakseg_monai.data.datalist import partial_mask_from_instances, select_anno
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
 from weakseg_monai.networks.detector import DETECTION_STRIDE
-from weakseg_monai.networks.family import unwrap
-from weakseg_monai.transforms.faces import face_pads, mirror_boxes, mirror_faces
+from weakseg_monai.transforms.faces import mirror_boxes, mirror_faces, model_face_pads
 
 logger = logging.getLogger(__name__)
 
@@ -444,9 +443,9 @@ def renumber_copies(
 
 
 class MirrorFacesd(MapTransform):
-    """A training item's faces mirrored as the predictor mirrors a volume's (``face_pads`` of the model's
-    ``face_margin`` in whole grid multiples, ``mirror_item``), so training sees faces as inference does: an object
-    a face cuts is one blob with its reflection, and its target box the blob's (the predictor crops it back).
+    """A training item's faces mirrored as the predictor mirrors a volume's (``model_face_pads``, ``mirror_item``),
+    so training sees faces as inference does: an object a face cuts is one blob with its reflection, and its target
+    box the blob's (the predictor crops it back).
 
     Why: with mirroring only at inference, a face-cut object looked one way in training (a hard edge, then the
     crop's padding) and another in prediction; the model then fitted its own training volume to 0.90-0.94 Det F1
@@ -467,9 +466,7 @@ class MirrorFacesd(MapTransform):
         self.model, self.box_key, self.label_keys = model, box_keys, list(ensure_tuple(label_keys))
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        model = unwrap(self.model)
-        shape = data[self.volume_keys[0]].shape[1:]
-        before, after = face_pads(model.face_margin(), shape, multiple=model.grid_multiple())
+        before, after = model_face_pads(self.model, data[self.volume_keys[0]].shape[1:])
         return mirror_item(
             dict(data), before, after, self.image_keys, self.label_image_keys, self.box_key, self.label_keys
         )
@@ -552,28 +549,11 @@ class RandFaceCutd(RandomizableTransform, MapTransform):
         self.randomize(d[self.image_keys[0]].shape[1:], d.get(self.box_key))
         if not self._do_transform:
             return d
-        if self.mirror_margin is not None:
-            return self.cut_and_mirror(d)
-        outside = [(slice(None),) * (1 + a) + (slice(None, self.start[a]),) for a in range(len(self.start))]
-        outside += [(slice(None),) * (1 + a) + (slice(self.end[a], None),) for a in range(len(self.end))]
-        for key, value in [(k, self.fill) for k in self.image_keys] + [(k, 0) for k in self.label_image_keys]:
-            if key not in d:
-                continue
-            volume = d[key].clone() if isinstance(d[key], torch.Tensor) else np.array(d[key])
-            for region in outside:
-                volume[region] = value
-            d[key] = volume
-        boxes, keep = spatial_crop_boxes(np.asarray(d[self.box_key], dtype=np.float32), self.start, self.end)
-        d[self.box_key] = (boxes + np.tile(np.asarray(self.start, dtype=np.float32), 2)).reshape(-1, 6)
-        for key in self.label_keys:
-            if key in d:
-                d[key] = np.asarray(d[key])[np.asarray(keep, dtype=bool)]
-        return d
-
+        return self.cut_and_mirror(d)
 
     def cut_and_mirror(self, d: dict) -> dict:
-        """The kept region ``[start, end)`` mirrored by up to ``mirror_margin`` beyond each moved face, in place in
-        the crop (its size kept): ``fill`` / 0 beyond the mirrored voxels."""
+        """The kept region ``[start, end)`` mirrored by up to ``mirror_margin`` (none without one) beyond each moved
+        face, in place in the crop (its size kept): ``fill`` / 0 beyond the mirrored voxels."""
         shape = d[self.image_keys[0]].shape[1:]
         kept = (slice(None),) + tuple(slice(a, b) for a, b in zip(self.start, self.end))
         item = dict(d)
@@ -586,8 +566,9 @@ class RandFaceCutd(RandomizableTransform, MapTransform):
             if key in d:
                 item[key] = np.asarray(d[key])[np.asarray(keep, dtype=bool)]
         size = [b - a for a, b in zip(self.start, self.end)]
-        before = [max(0, min(m, a, k - 1)) for m, a, k in zip(self.mirror_margin, self.start, size)]
-        after = [max(0, min(m, s - b, k - 1)) for m, s, b, k in zip(self.mirror_margin, shape, self.end, size)]
+        margin = self.mirror_margin or [0, 0, 0]
+        before = [max(0, min(m, a, k - 1)) for m, a, k in zip(margin, self.start, size)]
+        after = [max(0, min(m, s - b, k - 1)) for m, s, b, k in zip(margin, shape, self.end, size)]
         if min(size) < 1:  # nothing kept: nothing to mirror
             before = after = [0, 0, 0]
         images = [k for k in self.image_keys if k in d]
@@ -602,6 +583,7 @@ class RandFaceCutd(RandomizableTransform, MapTransform):
             item[key] = full
         item[self.box_key] = item[self.box_key] + np.tile(np.asarray(offset, dtype=np.float32), 2)
         return item
+
 
 class InstancesToSemanticd(MapTransform):
     """Instance volume ``(1, X, Y, Z)`` -> 3-class target (background / interior / boundary) for the baseline."""

@@ -39,6 +39,14 @@ def mirror_margin(model: nn.Module) -> list[int]:
     return whole_multiples(model.face_margin(), model.grid_multiple())
 
 
+def model_face_pads(model: nn.Module, shape: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``(before, after)`` voxels a model's predictor mirrors beyond the faces of a working volume of ``shape``:
+    ``face_pads`` of its family's ``face_margin`` on its grid multiple. The predictor and training's ``MirrorFacesd``
+    both call this, so they cannot differ."""
+    model = unwrap(model)
+    return face_pads(model.face_margin(), shape, multiple=model.grid_multiple())
+
+
 def face_pads(
     margin: Sequence[float],
     shape: Sequence[int],
@@ -123,4 +131,4 @@ def mirror_boxes(
     return out[kept].astype(np.float32), source[kept], whole[kept].astype(np.float32)
 
 
-__all__ = ["face_pads", "mirror_boxes", "mirror_faces", "mirror_margin", "whole_multiples"]
+__all__ = ["face_pads", "mirror_boxes", "mirror_faces", "mirror_margin", "model_face_pads", "whole_multiples"]
