@@ -264,3 +264,39 @@ def test_a_dataset_folder_is_read_in_its_datalist_order_with_masks_and_ground_tr
     assert [layer.visible for layer in layers if weak_meta(layer)["id"] == "b"] == [False] * 4
     annotate.attach(viewer)
     assert annotate.annotator_for(layers[3]).mask_layer is layers[2]
+
+
+def test_ranking_marks_the_boxes_without_a_mask_the_model_is_least_sure_of(tmp_path):
+    """Two nuclei boxed (the first painted) and a box drawn around empty background: the shipped model's flips find
+    nothing there, so that box is marked first; the painted box is never ranked; painting the marked box's mask
+    turns its mark into the annotated colour, and removing a box drops the marks (indices change)."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from weakseg_monai.napari.layers import ANNOTATED_COLOUR, NEXT_COLOUR
+    from weakseg_monai.napari.rank import STEPS, mark_next, rank_steps
+
+    write_stack(tmp_path / "stack.nii.gz")
+    viewer = ViewerModel()
+    (image,) = open_in(viewer, tmp_path / "stack.nii.gz")
+    annotator = annotate_stack(viewer, image)
+    annotator.add_box([40, 2, 1, 46, 8, 4])
+    volume, spacing, _ = image_input(image)
+    steps = list(rank_steps(volume, spacing, annotator.weak))
+    *progress, ranking = steps
+    assert progress == list(range(len(STEPS) - 1))
+    assert 0 not in ranking.order.tolist() and ranking.order[0] == 2 and ranking.scores[2] == 1.0
+    assert mark_next(annotator.layer, ranking, 1) == [2]
+    owners = annotator.layer.features["box_index"].to_numpy()
+
+    def colour_of(box: int) -> np.ndarray:
+        return annotator.layer.edge_color[np.nonzero(owners == box)[0][0]]
+
+    np.testing.assert_allclose(colour_of(2), transform_color(NEXT_COLOUR)[0])
+    assert not np.allclose(colour_of(1), transform_color(NEXT_COLOUR)[0])
+    annotator.mask_layer.brush_size = 2
+    annotator.mask_layer.paint((2, 5, 43), 3)
+    owners = annotator.layer.features["box_index"].to_numpy()
+    assert annotator.weak.mask_annotated.tolist() == [True, False, True]
+    np.testing.assert_allclose(colour_of(2), transform_color(ANNOTATED_COLOUR)[0])
+    annotator.remove([1])
+    assert "next_to_annotate" not in weak_meta(annotator.layer)

@@ -64,3 +64,30 @@ def test_annotate_widget_starts_annotation_and_saves_a_valid_dataset(make_napari
     assert item["box"] == [[10, 10, 5, 20, 20, 15]] and item["mask_annotated"] == [False]
     messages = [str(n.message) for n in notification_manager.records]
     assert any(m.startswith(f"saved {tmp_path}: 1 items, 0 errors") for m in messages), messages
+
+
+def test_rank_widget_marks_the_next_boxes_in_a_worker(make_napari_viewer, qtbot):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from weakseg_monai.napari import annotate
+    from weakseg_monai.napari.layers import NEXT_COLOUR
+    from weakseg_monai.napari.widgets import RankWidget
+
+    viewer = make_napari_viewer()
+    add_layers(viewer, get_reader(str(SAMPLE))(str(SAMPLE)))
+    annotator = annotate.start_annotation(viewer, viewer.layers["sample_000"])
+    from weakseg_monai.data.instances import boxes_from_instances
+
+    found = boxes_from_instances(bundle_inference_labels())[0]  # a nucleus the model finds
+    for box in (found, [0, 0, 0, 6, 6, 3]):  # the second around empty background
+        annotator.add_box(np.asarray(box, dtype=float))
+    widget = RankWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.count.value = 1
+    widget.rank()
+    qtbot.waitUntil(lambda: widget.ranking is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: widget.run.enabled, timeout=10_000)
+    assert widget.status.value.startswith("next: box 2") and widget.progress.value == widget.progress.max
+    owners = annotator.layer.features["box_index"].to_numpy()
+    marked = annotator.layer.edge_color[np.nonzero(owners == 1)[0][0]]
+    np.testing.assert_allclose(marked, transform_color(NEXT_COLOUR)[0])

@@ -92,8 +92,12 @@ class BoxAnnotator:
         return None if self.mask_layer is None else from_display(self.mask_layer.data)
 
     def commit(self, weak: WeakBoxes) -> None:
-        """Make ``weak`` the source of truth and redraw the rectangles from it."""
-        weak_meta(self.layer)["boxes"] = weak
+        """Make ``weak`` the source of truth and redraw the rectangles from it (a removed box renumbers the boxes, so
+        the ranking's marks, which name boxes by index, go with it)."""
+        meta = weak_meta(self.layer)
+        if len(weak) < len(meta["boxes"]):
+            meta.pop("next_to_annotate", None)
+        meta["boxes"] = weak
         self._busy = True
         try:
             render_boxes(self.layer)

@@ -21,6 +21,7 @@ from weakseg_monai.napari.boxes import WeakBoxes, rectangles
 META = "weakseg"
 ANNOTATED_COLOUR = "#ffd700"  # a box with a painted mask
 BOX_ONLY_COLOUR = "#00e5ff"  # a box without one
+NEXT_COLOUR = "#ff00ff"  # a box without one that the ranking puts next (``weakseg_monai.napari.rank``)
 BOX_FEATURES = ("box_index", "mask_value", "label", "mask_annotated")
 
 LayerDataTuple = tuple[Any, dict, str]
@@ -77,8 +78,11 @@ def labels_layer(
     )
 
 
-def box_view(weak: WeakBoxes) -> tuple[list[tuple[np.ndarray, str]], dict[str, np.ndarray], list[str]]:
-    """Shapes data (rectangles in (z, y, x)), features and edge colours of the rectangles drawn for ``weak``."""
+def box_view(
+    weak: WeakBoxes, next_up: Sequence[int] = ()
+) -> tuple[list[tuple[np.ndarray, str]], dict[str, np.ndarray], list[str]]:
+    """Shapes data (rectangles in (z, y, x)), features and edge colours of the rectangles drawn for ``weak``; the
+    boxes in ``next_up`` without a mask in ``NEXT_COLOUR``."""
     vertices, owners = rectangles(weak.boxes)
     data = [(points_to_display(v), "rectangle") for v in vertices]
     features = {
@@ -87,7 +91,11 @@ def box_view(weak: WeakBoxes) -> tuple[list[tuple[np.ndarray, str]], dict[str, n
         "label": weak.label[owners],
         "mask_annotated": weak.mask_annotated[owners],
     }
-    colours = [ANNOTATED_COLOUR if weak.mask_annotated[k] else BOX_ONLY_COLOUR for k in owners]
+    marked = set(int(k) for k in next_up)
+    colours = [
+        ANNOTATED_COLOUR if weak.mask_annotated[k] else NEXT_COLOUR if int(k) in marked else BOX_ONLY_COLOUR
+        for k in owners
+    ]
     return data, features, colours
 
 
@@ -133,9 +141,11 @@ def boxes_layer(
 
 
 def render_boxes(layer: Any) -> None:
-    """Redraw a boxes layer's rectangles from its ``WeakBoxes`` (the view follows the source of truth)."""
-    weak: WeakBoxes = weak_meta(layer)["boxes"]
-    data, features, colours = box_view(weak)
+    """Redraw a boxes layer's rectangles from its ``WeakBoxes`` (the view follows the source of truth), the boxes the
+    ranking put next (``next_to_annotate``) marked."""
+    meta = weak_meta(layer)
+    weak: WeakBoxes = meta["boxes"]
+    data, features, colours = box_view(weak, meta.get("next_to_annotate", ()))
     layer.selected_data = set()
     layer.data = data
     layer.features = features

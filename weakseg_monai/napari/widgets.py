@@ -1,6 +1,7 @@
 """The dock widgets (magicgui on Qt), thin over the Qt-free modules: ``AnnotateWidget`` (start annotating an image,
-the z-end and fit keys as buttons, Save as weak dataset), ``SegmentWidget`` (the predictor in a worker thread) and
-``TrainWidget`` (the bundle's train workflow in a worker thread, with Stop)."""
+the z-end and fit keys as buttons, Save as weak dataset), ``SegmentWidget`` (the predictor in a worker thread),
+``TrainWidget`` (the bundle's train workflow in a worker thread, with Stop) and ``RankWidget`` (what to annotate
+next: the boxes without a mask ranked by the model's uncertainty, the top ones marked)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from weakseg_monai.napari import annotate
-from weakseg_monai.napari.layers import weak_meta
+from weakseg_monai.napari.layers import item_layers, weak_meta
+from weakseg_monai.napari.rank import STEPS as RANK_STEPS
+from weakseg_monai.napari.rank import Ranking, mark_next, rank_steps
 from weakseg_monai.napari.save import notify_report, save_weak_dataset
 from weakseg_monai.napari.segment import SHIPPED_MODEL, STEPS, image_input, prediction_layers, segment_steps
 from weakseg_monai.napari.train import TRAIN_CONFIG, TrainProgress, TrainResult, train_steps
@@ -231,16 +234,17 @@ class TrainWidget(Container):
         self.result = value
         self.status.value = f"{value.summary()}: {value.output_dir.name}/models/model.pt"
         offered = self.offer_model(value.model)
-        show_info(value.text() + ("; Segment now uses it" if offered else ""))
+        show_info(value.text() + ("; Segment and What to annotate next now use it" if offered else ""))
 
     def offer_model(self, model: Path) -> bool:
-        """Set the trained ``model.pt`` as the model of the viewer's docked Segment widgets; True if there was one."""
+        """Set the trained ``model.pt`` as the model of the viewer's docked Segment and ranking widgets; True if
+        there was one."""
         window = getattr(self.viewer, "window", None)
         docked = list(getattr(window, "dock_widgets", {}).values()) if window is not None else []
-        segment = [w for w in docked if isinstance(w, SegmentWidget)]
-        for widget in segment:
+        users = [w for w in docked if isinstance(w, (SegmentWidget, RankWidget))]
+        for widget in users:
             widget.model.value = model
-        return bool(segment)
+        return bool(users)
 
     def _on_error(self, error: BaseException) -> None:
         cause = root_cause(error)
@@ -249,3 +253,60 @@ class TrainWidget(Container):
 
     def _on_finished(self) -> None:
         self.run.enabled, self.stop.enabled = True, False
+
+
+class RankWidget(Container):
+    """What to annotate next: after a training, rank the chosen image's boxes that have no mask by how much a model's
+    predictions disagree under flips (``weakseg_monai.inference.uncertainty``), in a worker thread, and mark the top
+    ones in its boxes layer (magenta) for the user to paint next."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=lambda _: _image_layers(self.viewer))
+        self.model = FileEdit(label="model.pt or bundle", mode="r", filter="*.pt")
+        if SHIPPED_MODEL.is_file():
+            self.model.value = SHIPPED_MODEL
+        self.count = SpinBox(label="boxes to mark", min=1, max=1000, value=5)
+        self.run = PushButton(text="Rank boxes without a mask")
+        self.progress = ProgressBar(label="progress", min=0, max=len(RANK_STEPS) - 1, value=0)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.count, self.run, self.progress, self.status])
+        self.worker: Any = None
+        self.ranking: Ranking | None = None
+        self.run.changed.connect(self.rank)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda _=None: self.image.reset_choices())
+        active = _active_image(self.viewer)
+        if active is not None:
+            self.image.value = active
+
+    def boxes_layer(self, layer: Layer) -> Layer | None:
+        return item_layers(self.viewer.layers, image_input(layer)[2]).get("boxes")
+
+    def rank(self) -> None:
+        """Start the worker on the chosen image and its boxes layer."""
+        layer = self.image.value or _active_image(self.viewer)
+        boxes = None if layer is None else self.boxes_layer(layer)
+        if boxes is None:
+            show_error("open an image with its boxes (or start annotating it) first")
+            return
+        volume, spacing, _ = image_input(layer)
+        choice = str(self.model.value) if str(self.model.value) not in ("", ".") else None
+        self.run.enabled = False
+        self.worker = thread_worker(rank_steps)(volume, spacing, weak_meta(boxes)["boxes"], choice)
+        self.worker.yielded.connect(lambda value: self._on_step(value, boxes))
+        self.worker.errored.connect(lambda err: show_error(f"ranking failed: {root_cause(err)}"))
+        self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
+        self.worker.start()
+
+    def _on_step(self, value: int | Ranking, boxes: Layer) -> None:
+        if isinstance(value, int):
+            self.progress.value = value
+            self.status.value = RANK_STEPS[value]
+            return
+        self.ranking = value
+        self.progress.value = self.progress.max
+        picks = mark_next(boxes, value, int(self.count.value))
+        self.status.value = "next: " + value.text(int(self.count.value))
+        show_info(f"paint these next (most uncertain first): {value.text(len(picks))}")
