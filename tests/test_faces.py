@@ -14,7 +14,7 @@ from weakseg_monai.inference import WeakSegPredictor
 from weakseg_monai.inference.blockwise import Block, mirror_block_faces
 from weakseg_monai.networks import WeakInstanceSegNet
 from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
-from weakseg_monai.transforms.faces import face_pads, mirror_faces
+from weakseg_monai.transforms.faces import face_pads, face_slivers, mirror_faces
 
 
 class Recording(nn.Module):
@@ -106,6 +106,38 @@ def test_a_face_cut_object_is_one_instance_inside_the_volume_and_mirrored_copies
     found = sorted(np.asarray(result["boxes"]).round().astype(int).tolist())
     assert found == expected
     np.testing.assert_array_equal(result["instances"] > 0, image > 0)
+
+
+class SizedThreshold(MirroredThreshold):
+    """``MirroredThreshold`` whose objects are 4 x 4 x 1.5 µm: 8 x 8 x 1.5 voxels at its 0.5 x 0.5 x 1 µm."""
+
+    family = "toy-sized-threshold"
+
+    def typical_object_um(self):
+        return np.array([4.0, 4.0, 1.5])
+
+
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_a_sliver_a_face_leaves_is_not_reported_where_the_objects_are_thicker(blockwise):
+    image = np.zeros((40, 36, 12), dtype=np.float32)
+    image[0:2, 10:18, 4:8] = 1.0  # 2 voxels on the face x = 0: a sliver of an 8-voxel object -> dropped
+    image[20:28, 0:3, 4:8] = 1.0  # 3 voxels on the face y = 0: kept
+    image[10:12, 24:32, 4:8] = 1.0  # 2 voxels thin, but inside the volume: kept
+    image[30:36, 20:30, 10:12] = 1.0  # 2 slices on the face z = 11, where objects span 1.5 slices: kept
+    kwargs = {"max_whole_voxels": 4000, "block_size": (16, 16, 6)} if blockwise else {}
+    result = WeakSegPredictor(SizedThreshold(), **kwargs)(torch.from_numpy(image)[None], (0.5, 0.5, 1.0))
+    found = sorted(np.asarray(result["boxes"]).round().astype(int).tolist())
+    assert found == [[10, 24, 4, 12, 32, 8], [20, 0, 4, 28, 3, 8], [30, 20, 10, 36, 30, 12]]
+    assert int(result["instances"].max()) == 3 and not result["instances"][0:2].any()
+    unsized = WeakSegPredictor(MirroredThreshold(), **kwargs)(torch.from_numpy(image)[None], (0.5, 0.5, 1.0))
+    assert len(unsized["boxes"]) == 4, "a model that does not know its objects' size drops nothing"
+
+
+def test_face_slivers_need_a_face_a_thin_side_across_it_and_a_flagged_axis():
+    boxes = np.array([[0, 5, 5, 2, 15, 15], [0, 5, 5, 3, 15, 15], [5, 5, 0, 15, 15, 2], [4, 5, 5, 6, 15, 15]])
+    assert face_slivers(boxes, (20, 20, 20)).tolist() == [True, False, True, False]
+    assert face_slivers(boxes, (20, 20, 20), axes=(True, True, False)).tolist() == [True, False, False, False]
+    assert face_slivers(boxes[2:3], (20, 20, 2)).tolist() == [False], "a volume 2 deep: never a cut in z"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.apps.detection.utils.detector_utils import pad_images
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 
 from weakseg_monai.conventions import as_count, as_fraction, as_size
 from weakseg_monai.networks.family import InstanceModel
@@ -27,7 +28,7 @@ from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percenti
     check_working_size,
     scale_percentiles,
 )
-from weakseg_monai.transforms.faces import mirror_faces, model_face_pads
+from weakseg_monai.transforms.faces import MIN_CUT_EXTENT, face_slivers, mirror_faces, model_face_pads
 from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class WeakSegPredictor:
         path) and its ``working_grid``; returns the instances in the input's own voxel grid."""
         zoom, original = np.asarray(grid["zoom"]), tuple(int(s) for s in grid["original_shape"])
         if grid["blockwise"]:
-            return self.predict_blockwise(x, zoom)
+            return drop_face_slivers(self.predict_blockwise(x, zoom), self.sliver_axes(zoom))
         result = self.predict_working(x)
         boxes = InputRule.boxes_from_working(result["boxes"].cpu().numpy(), grid)
         found = {"boxes": boxes, "scores": result["scores"].cpu().numpy(), "labels": result["labels"].cpu().numpy()}
@@ -177,7 +178,17 @@ class WeakSegPredictor:
             # shrinking back, an instance can vanish (sub-voxel at the input grid). Growing (the usual case)
             # nearest-exact hits every working voxel, so the full-size output needs no second pass.
             instances = drop_vanished(instances, found)
-        return dict(found, instances=instances.numpy())
+        return drop_face_slivers(dict(found, instances=instances.numpy()), self.sliver_axes(zoom))
+
+    def sliver_axes(self, zoom: np.ndarray) -> list[bool]:
+        """The axes (x, y, z) along which the model's typical object spans more than ``MIN_CUT_EXTENT`` input voxels
+        (``zoom``: working / input voxels): there a face sliver (``face_slivers``) is a piece, not a whole object,
+        and is dropped. None when the model does not know its objects' size."""
+        typical = self.network.typical_object_um()
+        if typical is None:
+            return [False, False, False]
+        voxels = np.asarray(typical, dtype=np.float64) / np.asarray(self.working_spacing) / np.asarray(zoom)
+        return (voxels > MIN_CUT_EXTENT).tolist()
 
 
 def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: InstanceModel) -> str | None:
@@ -216,6 +227,24 @@ def drop_vanished(instances: torch.Tensor, found: dict[str, np.ndarray]) -> torc
         for key in found:
             found[key] = found[key][keep.numpy()]
     return instances
+
+
+def drop_face_slivers(result: dict[str, np.ndarray], axes: Sequence[bool]) -> dict[str, np.ndarray]:
+    """A prediction (``boxes``, ``scores``, ``labels``, ``instances (X, Y, Z)`` with value ``k + 1`` for box ``k``)
+    without the instances whose voxels are a face sliver (``face_slivers`` along ``axes``), renumbered."""
+    instances = result["instances"]
+    n = len(result["boxes"])
+    if not n or not any(axes):
+        return result
+    found = ndimage.find_objects(instances, max_label=n)
+    extents = np.array([[s.start for s in f] + [s.stop for s in f] if f is not None else [0] * 6 for f in found])
+    slivers = face_slivers(extents, instances.shape, axes) & np.array([f is not None for f in found])
+    if not slivers.any():
+        return result
+    instances = np.where(np.isin(instances, np.nonzero(slivers)[0] + 1), 0, instances).astype(instances.dtype)
+    kept = {key: value for key, value in result.items() if key != "instances"}
+    compact = drop_vanished(torch.from_numpy(np.asfortranarray(instances)), kept).numpy()
+    return dict(kept, instances=compact)
 
 
 def BaselinePredictor(network: InstanceModel, **kwargs) -> WeakSegPredictor:  # noqa: N802 (a documented name)

@@ -32,7 +32,7 @@ from weakseg_monai.data.datalist import partial_mask_from_instances, select_anno
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
 from weakseg_monai.networks.detector import DETECTION_STRIDE
-from weakseg_monai.transforms.faces import mirror_boxes, mirror_faces, model_face_pads
+from weakseg_monai.transforms.faces import MIN_CUT_EXTENT, mirror_boxes, mirror_faces, model_face_pads
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class MarkCutBoxesd(MapTransform):
     ``InputRuled`` and ``RandZoomBoxVolumed``); boxes no crop cut are never flagged.
     """
 
-    def __init__(self, box_key: str = "box", min_visible: float = 0.0, min_extent: float = 3.0) -> None:
+    def __init__(self, box_key: str = "box", min_visible: float = 0.0, min_extent: float = MIN_CUT_EXTENT) -> None:
         super().__init__(keys=[box_key])
         self.box_key = box_key
         self.min_visible = min_visible

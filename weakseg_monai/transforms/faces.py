@@ -26,6 +26,8 @@ from torch import nn
 
 from weakseg_monai.networks.family import unwrap
 
+MIN_CUT_EXTENT = 3  # voxels: what a face or a crop leaves of an object thinner than this is nobody's box
+
 
 def whole_multiples(margin: Sequence[float], multiple: Sequence[int]) -> list[int]:
     """Each of ``margin`` rounded up to a whole number of ``multiple`` (0 stays 0)."""
@@ -131,4 +133,31 @@ def mirror_boxes(
     return out[kept].astype(np.float32), source[kept], whole[kept].astype(np.float32)
 
 
-__all__ = ["face_pads", "mirror_boxes", "mirror_faces", "mirror_margin", "model_face_pads", "whole_multiples"]
+def face_slivers(
+    boxes: np.ndarray, shape: Sequence[int], axes: Sequence[bool] = (True, True, True), min_extent: int = MIN_CUT_EXTENT
+) -> np.ndarray:
+    """``(K,)`` bool: the half-open boxes ``(K, 6)`` of a volume of ``shape`` that lie on a face of it and are thinner
+    than ``min_extent`` voxels across that face, for the ``axes`` (x, y, z) flagged.
+
+    What a face leaves of such an object is a sliver nobody would box: training ignores the same slivers when a crop
+    cuts them (``MarkCutBoxesd(min_extent=3)``), so the model is never taught them either way, and the predictor does
+    not report them. The predictor flags only the axes along which its model's typical object spans more than
+    ``min_extent`` voxels, where such a sliver is a piece, not a whole object. An axis the volume itself is thinner
+    than ``min_extent`` along is never a cut."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 6)
+    size = np.asarray(shape, dtype=np.float64)
+    on_face = (b[:, :3] <= 0) | (b[:, 3:] >= size)
+    thin = (b[:, 3:] - b[:, :3]) < np.minimum(float(min_extent), size)
+    return (on_face & thin & np.asarray(axes, dtype=bool)).any(axis=1)
+
+
+__all__ = [
+    "MIN_CUT_EXTENT",
+    "face_pads",
+    "face_slivers",
+    "mirror_boxes",
+    "mirror_faces",
+    "mirror_margin",
+    "model_face_pads",
+    "whole_multiples",
+]
