@@ -1,6 +1,6 @@
 """Screenshots of the napari plugin's widgets for the README, taken headless by a real napari viewer:
 
-    xvfb-run -a python scripts/napari_screenshots.py        # writes bundle/docs/napari_{annotate,segment,train}.png
+    xvfb-run -a python scripts/napari_screenshots.py   # writes bundle/docs/napari_{annotate,segment,rank,train}.png
 
 (Under ``xvfb-run`` Qt gets a virtual display; ``QT_QPA_PLATFORM=offscreen`` alone fails with an OpenGL error on
 Image layers.) It opens the shipped sample (``bundle/sample/sample_000.nii.gz``) with the plugin's reader, then:
@@ -8,6 +8,8 @@ Image layers.) It opens the shipped sample (``bundle/sample/sample_000.nii.gz``)
 - **Weak annotation**: five nuclei of the sample's ground truth (``bundle/sample_gt``) boxed through the annotator
   (as drawn boxes become), one of them with its painted mask;
 - **Segment**: the widget run on the sample with the shipped model (its worker thread, as a user runs it);
+- **What to annotate next**: the widget ranking the annotated boxes without a mask with the shipped model, the top
+  two marked;
 - **Train**: the annotated sample saved with Save as weak dataset, the widget training on it through the bundle's
   train workflow, taken mid-run (iteration and loss shown), then stopped with its Stop.
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from weakseg_monai.napari.reader import get_reader
     from weakseg_monai.napari.save import save_weak_dataset
-    from weakseg_monai.napari.widgets import AnnotateWidget, SegmentWidget, TrainWidget
+    from weakseg_monai.napari.widgets import AnnotateWidget, RankWidget, SegmentWidget, TrainWidget
 
     viewer = napari.Viewer(title="weakseg-monai", show=True)
     viewer.window.resize(*WINDOW)
@@ -158,9 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     save_png(viewer, args.out / "napari_segment.png")
     viewer.window.remove_dock_widget(segment.native)
 
-    # Train (the annotated sample, mid-run, then stopped)
+    # What to annotate next (the shipped model here; after a Train run, that run's model.pt)
     for layer in viewer.layers:
         layer.visible = layer is image or layer.name in ("sample_000 boxes", "sample_000 mask")
+    rank = RankWidget(viewer)
+    rank.count.value = 2
+    viewer.window.add_dock_widget(rank, name="What to annotate next")
+    viewer.layers.selection.active = viewer.layers["sample_000 boxes"]
+    settle(viewer)
+    rank.rank()
+    wait_for(lambda: rank.ranking is not None and rank.run.enabled)
+    save_png(viewer, args.out / "napari_rank.png")
+    viewer.window.remove_dock_widget(rank.native)
+
+    # Train (the annotated sample, mid-run, then stopped)
     train = TrainWidget(viewer)
     train.dataset.value = work / "annotated"
     train.output.value = work / "model"
