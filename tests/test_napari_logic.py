@@ -56,7 +56,8 @@ def test_the_manifest_is_valid_and_names_importable_commands():
     manifest = PluginManifest.from_file(MANIFEST)
     manifest.validate_imports()
     assert {c.id for c in manifest.contributions.commands} == {
-        "weakseg-monai.get_reader", "weakseg-monai.annotate", "weakseg-monai.segment", "weakseg-monai.train"
+        "weakseg-monai.get_reader", "weakseg-monai.annotate", "weakseg-monai.segment", "weakseg-monai.train",
+        "weakseg-monai.rank",
     }
 
 

@@ -67,18 +67,6 @@ def rank_steps(
     yield Ranking(annotation_order(scores, weak.mask_annotated), scores)
 
 
-def rank_volume(
-    volume_xyz: np.ndarray,
-    spacing: tuple[float, float, float],
-    weak: WeakBoxes,
-    model: str | Path | None = None,
-    device: str = "cpu",
-) -> Ranking:
-    """``rank_steps`` run to the end."""
-    *_, ranking = rank_steps(volume_xyz, spacing, weak, model, device)
-    return ranking  # type: ignore[return-value]
-
-
 def mark_next(layer: Any, ranking: Ranking, n: int) -> list[int]:
     """Mark the top ``n`` boxes of ``ranking`` in a boxes layer (drawn thick, in ``NEXT_COLOUR``, until they get a
     mask) and store every box's score as the ``uncertainty`` feature; returns the marked box indices."""
@@ -91,4 +79,4 @@ def mark_next(layer: Any, ranking: Ranking, n: int) -> list[int]:
     return picks
 
 
-__all__ = ["STEPS", "Ranking", "mark_next", "rank_steps", "rank_volume"]
+__all__ = ["STEPS", "Ranking", "mark_next", "rank_steps"]

@@ -6,6 +6,7 @@ next: the boxes without a mask ranked by the model's uncertainty, the top ones m
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,27 +121,41 @@ class AnnotateWidget(Container):
         notify_report(report, folder)
 
 
-class SegmentWidget(Container):
-    """Run a model on an image layer in a worker thread; adds the instances (Labels) and their boxes."""
+class ModelOnImageWidget(Container):
+    """The parts of the widgets that run a model on an image layer: the image (following the layer list) and the
+    model (the shipped one by default), any ``extra`` widgets, a run button, a progress bar over ``steps`` and a
+    status line."""
 
-    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer, run_text: str, steps: Sequence[str],
+                 extra: Sequence[Any] = ()) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=lambda _: _image_layers(self.viewer))
         self.model = FileEdit(label="model.pt or bundle", mode="r", filter="*.pt")
         if SHIPPED_MODEL.is_file():
             self.model.value = SHIPPED_MODEL
-        self.run = PushButton(text="Segment")
-        self.progress = ProgressBar(label="progress", min=0, max=len(STEPS) - 1, value=0)
+        self.run = PushButton(text=run_text)
+        self.progress = ProgressBar(label="progress", min=0, max=len(steps) - 1, value=0)
         self.status = Label(value="")
-        self.extend([self.image, self.model, self.run, self.progress, self.status])
+        self.extend([self.image, self.model, *extra, self.run, self.progress, self.status])
         self.worker: Any = None
-        self.run.changed.connect(self.segment)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda _=None: self.image.reset_choices())
         active = _active_image(self.viewer)
         if active is not None:
             self.image.value = active
+
+    def model_choice(self) -> str | None:
+        """The chosen ``model.pt`` or bundle folder; None for the shipped model."""
+        return str(self.model.value) if str(self.model.value) not in ("", ".") else None
+
+
+class SegmentWidget(ModelOnImageWidget):
+    """Run a model on an image layer in a worker thread; adds the instances (Labels) and their boxes."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__(napari_viewer, "Segment", STEPS)
+        self.run.changed.connect(self.segment)
 
     def segment(self) -> None:
         """Start the worker on the chosen image layer (spacing from its ``scale``)."""
@@ -149,9 +164,8 @@ class SegmentWidget(Container):
             show_error("open an image first")
             return
         volume, spacing, item_id = image_input(layer)
-        choice = str(self.model.value) if str(self.model.value) not in ("", ".") else None
         self.run.enabled = False
-        self.worker = thread_worker(segment_steps)(volume, spacing, choice)
+        self.worker = thread_worker(segment_steps)(volume, spacing, self.model_choice())
         self.worker.yielded.connect(lambda value: self._on_step(value, spacing, item_id))
         self.worker.errored.connect(lambda err: show_error(f"segmentation failed: {err}"))
         self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
@@ -255,31 +269,16 @@ class TrainWidget(Container):
         self.run.enabled, self.stop.enabled = True, False
 
 
-class RankWidget(Container):
+class RankWidget(ModelOnImageWidget):
     """What to annotate next: after a training, rank the chosen image's boxes that have no mask by how much a model's
     predictions disagree under flips (``weakseg_monai.inference.uncertainty``), in a worker thread, and mark the top
     ones in its boxes layer (magenta) for the user to paint next."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.image = ComboBox(label="image", choices=lambda _: _image_layers(self.viewer))
-        self.model = FileEdit(label="model.pt or bundle", mode="r", filter="*.pt")
-        if SHIPPED_MODEL.is_file():
-            self.model.value = SHIPPED_MODEL
         self.count = SpinBox(label="boxes to mark", min=1, max=1000, value=5)
-        self.run = PushButton(text="Rank boxes without a mask")
-        self.progress = ProgressBar(label="progress", min=0, max=len(RANK_STEPS) - 1, value=0)
-        self.status = Label(value="")
-        self.extend([self.image, self.model, self.count, self.run, self.progress, self.status])
-        self.worker: Any = None
+        super().__init__(napari_viewer, "Rank boxes without a mask", RANK_STEPS, extra=[self.count])
         self.ranking: Ranking | None = None
         self.run.changed.connect(self.rank)
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(lambda _=None: self.image.reset_choices())
-        active = _active_image(self.viewer)
-        if active is not None:
-            self.image.value = active
 
     def boxes_layer(self, layer: Layer) -> Layer | None:
         return item_layers(self.viewer.layers, image_input(layer)[2]).get("boxes")
@@ -292,9 +291,8 @@ class RankWidget(Container):
             show_error("open an image with its boxes (or start annotating it) first")
             return
         volume, spacing, _ = image_input(layer)
-        choice = str(self.model.value) if str(self.model.value) not in ("", ".") else None
         self.run.enabled = False
-        self.worker = thread_worker(rank_steps)(volume, spacing, weak_meta(boxes)["boxes"], choice)
+        self.worker = thread_worker(rank_steps)(volume, spacing, weak_meta(boxes)["boxes"], self.model_choice())
         self.worker.yielded.connect(lambda value: self._on_step(value, boxes))
         self.worker.errored.connect(lambda err: show_error(f"ranking failed: {root_cause(err)}"))
         self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
