@@ -15,7 +15,7 @@ masks they get) and is scored on the test stacks with the inference predictor. R
 ``WORKDIR/results.json`` (a stopped study resumes; ``--report`` rebuilds the table), the table goes to the
 ``annotation-study`` section of ``bundle/docs/results.md``. Numbers come from the runs, never typed in.
 
-    python scripts/annotation_study.py                         # seeds 0-2, 27 trainings: ~1 h on 2 cores
+    python scripts/annotation_study.py                         # seeds 0-2, 27 trainings: ~25 min on 2 cores
     python scripts/annotation_study.py --seeds 0 --rounds 1    # a first look: 3 trainings
 """
 
@@ -104,7 +104,8 @@ def run_round(name: str, flags: list[np.ndarray], seed: int, args, data: Path, i
     """Train on ``flags``' masks and score on the test stacks."""
     run_dir = Path(args.workdir) / name
     dataset = write_round_dataset(data, items, flags, run_dir / "data")
-    print(f"== {name}: {int(sum(f.sum() for f in flags))} masks", flush=True)
+    masks = int(sum(f.sum() for f in flags))
+    print(f"== {name}: {masks} masks", flush=True)
     overrides = {
         "dataset_dir": str(dataset), "device": args.device, "seed": seed, "ckpt_dir": str(run_dir / "models"),
         "iterations": args.steps, "val_interval": args.steps, **PAPER_RULE,
@@ -112,7 +113,6 @@ def run_round(name: str, flags: list[np.ndarray], seed: int, args, data: Path, i
     seconds = train("train.json", run_dir, overrides)
     scores = evaluate(WeakSegPredictor(load_model(run_dir / "models" / "model.pt", args.device), device=args.device),
                       test_items)
-    masks = int(sum(f.sum() for f in flags))
     return {"name": name, "seed": seed, "steps": args.steps, "masks": masks, "boxes": int(sum(len(f) for f in flags)),
             "flags": [f.tolist() for f in flags], "train_seconds": seconds, **scores}
 

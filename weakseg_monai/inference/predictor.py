@@ -164,10 +164,14 @@ class WeakSegPredictor:
 
     def predict_prepared(self, x: torch.Tensor, grid: dict) -> dict[str, np.ndarray]:
         """``__call__`` after ``ToWorkingGridd``: ``x`` at the working grid (or the input, for the blockwise
-        path) and its ``working_grid``; returns the instances in the input's own voxel grid."""
-        zoom, original = np.asarray(grid["zoom"]), tuple(int(s) for s in grid["original_shape"])
-        if grid["blockwise"]:
-            return drop_face_slivers(self.predict_blockwise(x, zoom), self.sliver_axes(zoom))
+        path) and its ``working_grid``; returns the instances in the input's own voxel grid, face slivers dropped."""
+        zoom = np.asarray(grid["zoom"])
+        result = self.predict_blockwise(x, zoom) if grid["blockwise"] else self.predict_whole(x, grid)
+        return drop_face_slivers(result, self.sliver_axes(zoom))
+
+    def predict_whole(self, x: torch.Tensor, grid: dict) -> dict[str, np.ndarray]:
+        """``x`` at the working grid in one pass (``predict_working``), mapped back to the input's voxel grid."""
+        original = tuple(int(s) for s in grid["original_shape"])
         result = self.predict_working(x)
         boxes = InputRule.boxes_from_working(result["boxes"].cpu().numpy(), grid)
         found = {"boxes": boxes, "scores": result["scores"].cpu().numpy(), "labels": result["labels"].cpu().numpy()}
@@ -178,7 +182,7 @@ class WeakSegPredictor:
             # shrinking back, an instance can vanish (sub-voxel at the input grid). Growing (the usual case)
             # nearest-exact hits every working voxel, so the full-size output needs no second pass.
             instances = drop_vanished(instances, found)
-        return drop_face_slivers(dict(found, instances=instances.numpy()), self.sliver_axes(zoom))
+        return dict(found, instances=instances.numpy())
 
     def sliver_axes(self, zoom: np.ndarray) -> list[bool]:
         """The axes (x, y, z) along which the model's typical object spans more than ``MIN_CUT_EXTENT`` input voxels

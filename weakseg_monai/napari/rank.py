@@ -16,7 +16,7 @@ from weakseg_monai.families import load_model
 from weakseg_monai.inference import WeakSegPredictor
 from weakseg_monai.inference.uncertainty import FLIPS, annotation_order, flipped_predictions, mask_disagreement
 from weakseg_monai.napari.boxes import WeakBoxes
-from weakseg_monai.napari.layers import META, render_boxes, weak_meta
+from weakseg_monai.napari.layers import render_boxes, weak_meta
 from weakseg_monai.napari.segment import model_path
 from weakseg_monai.transforms.dictionary import finite_float32
 
@@ -68,13 +68,10 @@ def rank_steps(
 
 
 def mark_next(layer: Any, ranking: Ranking, n: int) -> list[int]:
-    """Mark the top ``n`` boxes of ``ranking`` in a boxes layer (drawn thick, in ``NEXT_COLOUR``, until they get a
-    mask) and store every box's score as the ``uncertainty`` feature; returns the marked box indices."""
+    """Mark the top ``n`` boxes of ``ranking`` in a boxes layer (drawn in ``NEXT_COLOUR`` until they get a mask);
+    returns the marked box indices."""
     picks = ranking.top(n)
-    meta = weak_meta(layer)
-    meta["next_to_annotate"] = picks
-    meta["uncertainty"] = [float(s) for s in ranking.scores]
-    layer.metadata = {**layer.metadata, META: meta}
+    weak_meta(layer)["next_to_annotate"] = picks
     render_boxes(layer)
     return picks
 

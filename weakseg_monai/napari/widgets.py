@@ -145,10 +145,6 @@ class ModelOnImageWidget(Container):
         if active is not None:
             self.image.value = active
 
-    def model_choice(self) -> str | None:
-        """The chosen ``model.pt`` or bundle folder; None for the shipped model."""
-        return str(self.model.value) if str(self.model.value) not in ("", ".") else None
-
 
 class SegmentWidget(ModelOnImageWidget):
     """Run a model on an image layer in a worker thread; adds the instances (Labels) and their boxes."""
@@ -165,7 +161,7 @@ class SegmentWidget(ModelOnImageWidget):
             return
         volume, spacing, item_id = image_input(layer)
         self.run.enabled = False
-        self.worker = thread_worker(segment_steps)(volume, spacing, self.model_choice())
+        self.worker = thread_worker(segment_steps)(volume, spacing, _chosen(self.model))
         self.worker.yielded.connect(lambda value: self._on_step(value, spacing, item_id))
         self.worker.errored.connect(lambda err: show_error(f"segmentation failed: {err}"))
         self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
@@ -292,7 +288,7 @@ class RankWidget(ModelOnImageWidget):
             return
         volume, spacing, _ = image_input(layer)
         self.run.enabled = False
-        self.worker = thread_worker(rank_steps)(volume, spacing, weak_meta(boxes)["boxes"], self.model_choice())
+        self.worker = thread_worker(rank_steps)(volume, spacing, weak_meta(boxes)["boxes"], _chosen(self.model))
         self.worker.yielded.connect(lambda value: self._on_step(value, boxes))
         self.worker.errored.connect(lambda err: show_error(f"ranking failed: {root_cause(err)}"))
         self.worker.finished.connect(lambda: setattr(self.run, "enabled", True))
