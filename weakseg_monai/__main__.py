@@ -1,5 +1,5 @@
 """Command line: ``python -m weakseg_monai <command>`` (``synth``, ``validate``, ``plan``, ``score``, ``budget``,
-``from-ctc``, ``to-ctc``, ``export-bundle``).
+``from-ctc``, ``to-ctc``, ``export-bundle``, ``export-bioimageio``).
 
 Built on ``fire`` (which MONAI brings). Flags may be written ``--n-train`` or ``--n_train``. A command that fails
 on its input prints one line saying what is wrong (exit code 1); ``--debug`` (or ``WEAKSEG_MONAI_DEBUG=1``) shows
@@ -184,6 +184,19 @@ def export_bundle(out: str, bundle: str = "") -> None:
     print(f"wrote {export(str(out), str(bundle) if bundle else None)}")
 
 
+def export_bioimageio(ckpt: str = "", out: str = "bioimageio", bundle: str = "") -> None:
+    """Write the model as two bioimage.io packages (folder + zip each) in OUT: ``<name>_dense`` (TorchScript dense
+    network: deepImageJ and other Java consumers) and ``<name>_predictor`` (the whole predictor, instance labels:
+    bioimageio.core, napari, ilastik). Default --ckpt: this checkout's bundle/models/model.pt. Needs the
+    [bioimageio] extra."""
+    from weakseg_monai.bioimageio.package import export_bioimageio as export
+    from weakseg_monai.utils.zoo import default_bundle_dir
+
+    source = Path(bundle) if bundle else default_bundle_dir()
+    for path in export(ckpt or source / "models" / "model.pt", out, source):
+        print(f"wrote {path}")
+
+
 COMMANDS = {
     "synth": synth,
     "validate": validate,
@@ -193,6 +206,7 @@ COMMANDS = {
     "from-ctc": from_ctc,
     "to-ctc": to_ctc,
     "export-bundle": export_bundle,
+    "export-bioimageio": export_bioimageio,
 }
 
 
