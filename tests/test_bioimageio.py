@@ -3,11 +3,17 @@ installed, the dense outputs equal our eager network's, and the predictor packag
 
 from __future__ import annotations
 
+import ast
+import base64
 import hashlib
+import importlib.metadata
+import io
 import os
+import re
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +58,87 @@ def test_both_packages_pass_bioimageio_test_offline_without_weakseg_monai_instal
     python, env = isolated(tmp_path)
     probe = subprocess.run([*python, "-c", "import weakseg_monai"], cwd=tmp_path, env=env, capture_output=True)
     assert probe.returncode != 0, "weakseg_monai must not be importable in the isolated interpreter"
+    # the napari case: another weakseg_monai is already imported; the carried copy must neither use nor change it
+    folder = packages / f"{NAME}_predictor"
+    script = (
+        "import sys, types, importlib.util, torch\n"
+        "other = sys.modules['weakseg_monai'] = types.ModuleType('weakseg_monai')\n"
+        f"spec = importlib.util.spec_from_file_location('arch', {str(folder / 'weakseg_predictor.py')!r})\n"
+        "arch = importlib.util.module_from_spec(spec); spec.loader.exec_module(arch)\n"
+        "module = arch.WeakSegPredictorZYX(spacing=[0.5, 0.5, 1.0])\n"
+        f"module.load_state_dict(torch.load({str(folder / 'model.pt')!r}, weights_only=True))\n"
+        "out = module(torch.rand(2, 1, 8, 40, 48) * 1000)\n"
+        "assert out.dtype == torch.int32 and tuple(out.shape) == (2, 1, 8, 40, 48), out.shape\n"
+        "assert sys.modules['weakseg_monai'] is other and not hasattr(other, 'bioimageio')\n"
+    )
+    run = subprocess.run([*python, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
     for variant in ("dense", "predictor"):
         run = subprocess.run(
             [*python, "-m", "bioimageio.core", "test", str(packages / f"{NAME}_{variant}.zip")],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )
         assert run.returncode == 0, f"{variant}: bioimageio test failed\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+
+
+def carried_sources(architecture: Path) -> dict[str, str]:
+    """The sources the architecture file carries (its embedded zip), by path inside the zip."""
+    namespace: dict = {}
+    text = architecture.read_text()
+    start = text.index("PACKAGE_ZIP = (")
+    exec(text[start : text.index(")", start) + 1], namespace)  # the constant only, not the import side effects
+    with zipfile.ZipFile(io.BytesIO(base64.b64decode(namespace["PACKAGE_ZIP"]))) as archive:
+        return {name: archive.read(name).decode() for name in archive.namelist()}
+
+
+def requirement_closure(names: list[str]) -> set[str]:
+    """The distributions ``names`` need, transitively, as installed here (markers evaluated, no extras)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen, todo = set(), [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in importlib.metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(requirement.name))
+    return seen
+
+
+def test_predictor_environment_file_covers_every_import_of_the_carried_code(packages):
+    """Every third-party module the carried package imports (anywhere, function-level imports included) comes from
+    a distribution the environment file lists or that one of those requires; the carried code is renamed, so it
+    never meets an installed weakseg_monai."""
+    import yaml
+    from packaging.utils import canonicalize_name
+
+    folder = packages / f"{NAME}_predictor"
+    sources = carried_sources(folder / "weakseg_predictor.py")
+    carried = {name.split("/")[0] for name in sources}
+    assert len(carried) == 1 and carried.pop().startswith("weakseg_monai_")
+    assert not any("/napari/" in name or name.endswith("bioimageio/package.py") for name in sources)
+    imported = set()
+    for text in sources.values():
+        assert not re.search(r"\bweakseg_monai\b", text), "an import of weakseg_monai survived the renaming"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and not m.startswith("weakseg_monai")}
+    third_party.discard("__future__")
+    environment = yaml.safe_load((folder / "environment.yaml").read_text())
+    pins = [entry.split("==")[0] for entry in environment["dependencies"][-1]["pip"]]
+    covered = requirement_closure(pins)
+    distributions = importlib.metadata.packages_distributions()
+    missing = {m: distributions.get(m) for m in third_party
+               if not any(canonicalize_name(d) in covered for d in distributions.get(m, []))}
+    assert not missing, f"imported by the carried code, not in the environment file: {missing}"
+    assert {"torch", "monai", "nibabel", "pytorch-ignite"} <= {canonicalize_name(p) for p in pins}
 
 
 def test_dense_package_outputs_equal_our_eager_network(packages):

@@ -27,7 +27,6 @@ import torch
 
 from weakseg_monai.bioimageio.architecture import CALLABLE, write_architecture
 from weakseg_monai.bioimageio.wrappers import DENSE_OUTPUTS, DenseZYX, PredictorZYX
-from weakseg_monai.data.instances import relabel_consecutive
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.families.loading import load_model
 from weakseg_monai.transforms.dictionary import INTENSITY_CLAMP, normalise, resample_volume
@@ -48,8 +47,9 @@ def require_bioimageio() -> None:
         import bioimageio.spec  # noqa: F401
     except ImportError as err:
         raise RuntimeError(
-            f"export-bioimageio needs the [bioimageio] extra ({err.name} is missing): "
-            "pip install 'weakseg-monai[bioimageio]' (bioimageio.core 0.11.0, bioimageio.spec 0.5.12.0)"
+            f"export-bioimageio needs the [bioimageio] extra ({err.name} is missing; Python >= 3.11): from the "
+            "repository, pip install -e \".[bioimageio]\" (bioimageio.core 0.11.0, bioimageio.spec 0.5.12.0, "
+            "pydantic < 2.14)"
         ) from None
 
 
@@ -112,15 +112,29 @@ def dense_reference(model: torch.nn.Module, volume: np.ndarray) -> tuple[np.ndar
     return tuple(np.ascontiguousarray(out[k].permute(0, 1, 4, 3, 2).numpy()) for k in DENSE_OUTPUTS)
 
 
+def core_requirements() -> list[str]:
+    """The distributions this package's core needs, the extras it asks of them expanded (``monai[nibabel,
+    ignite, ...]`` -> monai, nibabel, pytorch-ignite, ...), without duplicates, in order."""
+    from packaging.requirements import Requirement
+
+    names: list[str] = []
+    for text in importlib.metadata.requires("weakseg-monai") or []:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra of ours (test, napari, ...)
+        names.append(requirement.name)
+        for extra in sorted(requirement.extras):
+            for inner in importlib.metadata.requires(requirement.name) or []:
+                dependency = Requirement(inner)
+                if dependency.marker is not None and dependency.marker.evaluate({"extra": extra}):
+                    names.append(dependency.name)
+    return list(dict.fromkeys(names))
+
+
 def environment_file(path: Path) -> Path:
-    """A conda environment file listing the installed versions of this package's core requirements (all on the
-    package index; the package itself travels inside the architecture file)."""
-    pins = []
-    for requirement in importlib.metadata.requires("weakseg-monai") or []:
-        if "extra ==" in requirement:
-            continue
-        name = re.split(r"[\s\[<>=~!;]", requirement, maxsplit=1)[0]
-        pins.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+    """A conda environment file pinning the installed versions of ``core_requirements()`` (all on the package index;
+    the package itself travels inside the architecture file)."""
+    pins = [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in core_requirements()]
     lines = ["name: weakseg-monai", "channels: [conda-forge, nodefaults]", "dependencies:", "  - python=3.11",
              "  - pip", "  - pip:"] + [f"    - {pin}" for pin in pins]
     path.write_text("\n".join(lines) + "\n")
@@ -215,8 +229,8 @@ class PackageWriter:
         anchors = model.anchor_shapes.tolist()
         return {
             "axes_inside": "the wrapper transposes (z, y, x) <-> our (x, y, z); every size below is (x, y, z)",
-            "working_spacing_um": list(self.rule.working_spacing),
-            "intensity_percentiles": list(self.rule.intensity_percentiles),
+            "working_spacing_um": rounded(self.rule.working_spacing),
+            "intensity_percentiles": rounded(self.rule.intensity_percentiles),
             "intensity_clamp": list(INTENSITY_CLAMP),
             "detection_stride": list(model.grid_multiple()),
             "anchor_shapes_voxels": anchors,
@@ -226,8 +240,8 @@ class PackageWriter:
             "box_regression_channels": f"anchor a, delta d at channel a * 6 + d; deltas {list(BOX_DELTAS)}",
             "box_coder": "monai.apps.detection.utils.box_coder.BoxCoder(weights=(1, 1, 1, 1, 1, 1)), boxes "
             "StandardMode (x0, y0, z0, x1, y1, z1), half-open, working voxels",
-            "score_threshold": float(model.score_threshold()),
-            "nms_iou_threshold": float(model.nms_thresh),
+            "score_threshold": rounded([model.score_threshold()])[0],
+            "nms_iou_threshold": rounded([model.nms_thresh])[0],
             "masks": "not in this package (the mask head runs per box): use the predictor package",
         }
 
@@ -235,9 +249,6 @@ class PackageWriter:
         from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
 
         folder, archive = self.out / name, self.out / f"{name}.zip"
-        for path in (folder, archive):
-            if path.exists():
-                raise FileExistsError(f"{path} exists: remove it or choose another --out")
         save_bioimageio_package_as_folder(descr, output_path=folder)
         save_bioimageio_package(descr, output_path=archive)
         return [folder, archive]
@@ -253,7 +264,7 @@ class PackageWriter:
         module = PredictorZYX(self.rule.working_spacing)
         module.load_state_dict(torch.load(self.ckpt, map_location="cpu", weights_only=True))
         labels = module(torch.as_tensor(to_zyx(self.volume)))
-        return relabel_consecutive(labels[0, 0].numpy().transpose(2, 1, 0).astype(np.int32))
+        return labels[0, 0].numpy().transpose(2, 1, 0)
 
     # ------------------------------------------------------------------ the variants
     def write_dense(self, labels: np.ndarray) -> list[Path]:
@@ -276,7 +287,7 @@ class PackageWriter:
         }
         tensors = {key: write_tensor(staging, key, array) for key, array in zip(DENSE_OUTPUTS, outputs)}
         divisor = self.model.size_divisor()
-        low, high = self.rule.intensity_percentiles
+        low, high = rounded(self.rule.intensity_percentiles)
         stride = tuple(int(s) for s in self.model.grid_multiple())
         descr = v0_5.ModelDescr(
             **self.common(v0_5, staging, "dense", labels),
@@ -338,7 +349,7 @@ class PackageWriter:
             staging, "labels", to_zyx(labels)
         )
         weights = shutil.copy(self.ckpt, staging / "model.pt")  # unchanged: the bundle's bytes
-        architecture = write_architecture(staging / "weakseg_predictor.py")
+        architecture = write_architecture(staging / "weakseg_predictor.py", self.fields["version"])
         divisor = self.model.size_divisor()
         same_grid = (1, 1, 1)
         descr = v0_5.ModelDescr(
@@ -376,24 +387,49 @@ class PackageWriter:
                     dependencies=v0_5.FileDescr(source=environment_file(staging / "environment.yaml")),
                 )
             ),
-            config=v0_5.Config(weakseg_monai={"score_threshold": float(self.model.score_threshold())}),
+            config=v0_5.Config(weakseg_monai={"score_threshold": rounded([self.model.score_threshold()])[0]}),
         )
         written = self.save(descr, name)
         shutil.rmtree(staging)
         return written
 
 
+def rounded(values) -> list[float]:
+    """Buffers are float32: 99.8 reads back as 99.80000305; six significant digits give the number meant."""
+    return [float(f"{float(v):.6g}") for v in values]
+
+
 def torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
+def package_paths(out: Path, name: str) -> list[Path]:
+    """The four paths an export writes: each variant's folder and zip."""
+    return [p for v in VARIANTS for p in (out / f"{name}_{v}", out / f"{name}_{v}.zip")]
+
+
 def export_bioimageio(ckpt: str | Path, out: str | Path, bundle_dir: str | Path | None = None) -> list[Path]:
     """Write ``out/<name>_dense/`` + ``.zip`` and ``out/<name>_predictor/`` + ``.zip`` (``name`` from
-    ``metadata.json``) for the model in ``ckpt``; returns the four paths."""
+    ``metadata.json``) for the model in ``ckpt``; returns the four paths. Nothing is written when one of them
+    exists, the checkpoint is missing, or the model is not a detector (the dense variant decodes anchors)."""
     require_bioimageio()
-    bundle = Path(bundle_dir) if bundle_dir else default_bundle_dir()
-    out = Path(out)
+    bundle, ckpt, out = Path(bundle_dir) if bundle_dir else default_bundle_dir(), Path(ckpt), Path(out)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such file (the model.pt a training run writes)")
+    metadata = bundle / "configs" / "metadata.json"
+    if not metadata.is_file():
+        raise FileNotFoundError(f"{metadata}: missing (--bundle: the bundle folder whose metadata fills the packages)")
+    name = json.loads(metadata.read_text())["name"]
+    existing = [str(p) for p in package_paths(out, name) if p.exists()]
+    if existing:
+        raise FileExistsError(f"{', '.join(existing)} exist: remove them or choose another --out")
+    writer = PackageWriter(ckpt, out, bundle)
+    if not hasattr(writer.model, "anchor_shapes"):
+        raise ValueError(f"--ckpt {ckpt}: a model of a family without anchors; the dense package exports a detector")
     out.mkdir(parents=True, exist_ok=True)
-    writer = PackageWriter(Path(ckpt), out, bundle)
     labels = writer.predicted_labels()
-    return writer.write_dense(labels) + writer.write_predictor(labels)
+    try:
+        return writer.write_dense(labels) + writer.write_predictor(labels)
+    finally:
+        for variant in VARIANTS:
+            shutil.rmtree(out / f".{name}_{variant}", ignore_errors=True)
