@@ -59,6 +59,37 @@ def as_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+_UM_PER_UNIT = {
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,  # Greek mu, as OME writes it
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "\\u00B5m": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "Å": 1e-4,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
+def um_per_unit(unit: str, source: object) -> float:
+    """µm per ``unit`` (OME ``PhysicalSize*Unit``, ImageJ ``unit``, OME-Zarr axis ``unit``); an unknown unit is an
+    error naming ``source`` (the file)."""
+    key = unit.strip()
+    if key in _UM_PER_UNIT:
+        return _UM_PER_UNIT[key]
+    if key.lower() in _UM_PER_UNIT:
+        return _UM_PER_UNIT[key.lower()]
+    if key.lower() in ("pixel", "pixels", ""):  # ImageJ's "no calibration"
+        return 1.0
+    raise ValueError(f"{source}: unknown physical size unit {unit!r} in the file's metadata (use nm, µm or mm)")
+
+
 def as_size(value: object, name: str) -> tuple[int, int, int]:
     """Three positive whole numbers (x, y, z), e.g. a block or window size; ``name`` (the flag) in the error."""
     try:

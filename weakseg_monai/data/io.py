@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,13 +21,15 @@ import numpy as np
 import tifffile
 from monai.transforms import LoadImage
 
-from weakseg_monai.conventions import SPATIAL_AXES, as_spacing, assert_volume_3d
+from weakseg_monai.conventions import SPATIAL_AXES, as_spacing, assert_volume_3d, um_per_unit
+from weakseg_monai.data.omezarr import ZARR_SUFFIXES, is_zarr, read_zarr_xyz, write_zarr, zarr_shape, zarr_spacing
 
 logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *TIFF_SUFFIXES)  # every volume format the project reads
+# every volume format the project reads; OME-Zarr volumes are folders (``weakseg_monai.data.omezarr``)
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *TIFF_SUFFIXES, *ZARR_SUFFIXES)
 # a prediction of NAME.EXT is written as NAME_instances.EXT (with NAME_boxes.json, NAME_preview.png): a promise to
 # every reader of our outputs (score, to-ctc, an input folder that holds earlier predictions)
 PREDICTION_SUFFIX = "_instances"
@@ -37,38 +40,31 @@ def volume_stem(path: str | Path) -> str:
     """``NAME`` of ``NAME.nii.gz`` / ``NAME.ome.tif`` / ...: the stem every output of that input is named by."""
     path = Path(path)
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+    for suffix in (".nii.gz", ".nii", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-_UM_PER_UNIT = {
-    "um": 1.0,
-    "µm": 1.0,
-    "μm": 1.0,  # Greek mu, as OME writes it
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "\\u00B5m": 1.0,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "Å": 1e-4,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "m": 1e6,
-}
+def is_volume_path(path: Path) -> bool:
+    """A volume the project reads: a NIfTI / TIFF file, or an OME-Zarr folder; not a hidden or temporary one."""
+    name = path.name.lower()
+    if name.startswith(".") or not name.endswith(VOLUME_SUFFIXES):
+        return False
+    return path.is_dir() if is_zarr(path) else path.is_file()
 
 
-def _um_per(unit: str, path: str | Path) -> float:
-    """µm per ``unit`` (OME ``PhysicalSize*Unit`` / ImageJ ``unit``); an unknown unit is an error naming the file."""
-    key = unit.strip()
-    if key in _UM_PER_UNIT:
-        return _UM_PER_UNIT[key]
-    if key.lower() in _UM_PER_UNIT:
-        return _UM_PER_UNIT[key.lower()]
-    if key.lower() in ("pixel", "pixels", ""):  # ImageJ's "no calibration"
-        return 1.0
-    raise ValueError(f"{path}: unknown physical size unit {unit!r} in the TIFF metadata (use nm, µm or mm)")
+def remove_path(path: Path) -> None:
+    """Remove a file or, for a folder volume (OME-Zarr), the folder; nothing if it does not exist."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_path(source: Path, target: Path) -> None:
+    """``source.replace(target)`` for files and folder volumes alike (an existing folder target is removed first)."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    source.replace(target)
 
 
 def is_tiff(path: str | Path) -> bool:
@@ -123,13 +119,16 @@ def quiet_nibabel():
 def read_volume(path: str | Path) -> np.ndarray:
     """Read a volume as a numpy array in (x, y, z) order, keeping its stored dtype.
 
-    NIfTI goes through MONAI's ``LoadImage``; TIFF through ``read_tiff_xyz`` (same axes, faster).
+    NIfTI goes through MONAI's ``LoadImage``; TIFF through ``read_tiff_xyz`` (same axes, faster); OME-Zarr through
+    ``read_zarr_xyz`` (the full-resolution level).
     """
     path = Path(path)
+    if is_zarr(path):
+        return read_zarr_xyz(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     if not (is_tiff(path) or is_nifti(path)):
-        raise ValueError(f"{path}: unsupported format (use NIfTI .nii/.nii.gz or TIFF .tif/.tiff)")
+        raise ValueError(f"{path}: unsupported format (use NIfTI .nii/.nii.gz, TIFF .tif/.tiff or OME-Zarr .ome.zarr)")
     try:
         if is_tiff(path):
             return read_tiff_xyz(path)
@@ -169,6 +168,8 @@ def nifti_affine(path: str | Path) -> np.ndarray:
 
 def volume_shape(path: str | Path) -> tuple[int, int, int]:
     """(x, y, z) voxel size of a volume, from the header where the format allows it."""
+    if is_zarr(path):
+        return zarr_shape(path)
     if is_nifti(path):
         with quiet_nibabel():
             return tuple(int(s) for s in nib.load(str(path)).shape[:3])  # type: ignore[return-value]
@@ -185,13 +186,13 @@ def tiff_spacing(path: str | Path) -> tuple[float, float, float] | None:
                 match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', tif.ome_metadata)
                 if match:
                     unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', tif.ome_metadata)
-                    sizes[axis] = float(match.group(1)) * _um_per(unit.group(1) if unit else "µm", path)
+                    sizes[axis] = float(match.group(1)) * um_per_unit(unit.group(1) if unit else "µm", path)
             if sizes:
                 return _complete_spacing(path, [sizes.get(a) for a in "XYZ"], "OME metadata")
         meta = tif.imagej_metadata
         if meta and "spacing" in meta:
             page = tif.pages.first
-            scale = _um_per(str(meta.get("unit", "um")), path)
+            scale = um_per_unit(str(meta.get("unit", "um")), path)
             values: list[float | None] = []
             for tag in ("XResolution", "YResolution"):
                 try:
@@ -219,9 +220,12 @@ def nifti_spacing(path: str | Path) -> tuple[float, float, float]:
 
 
 def resolve_spacing(path: str | Path, datalist_spacing: Sequence[float] | None = None) -> tuple[float, float, float]:
-    """The spacing rule: datalist ``spacing`` > NIfTI header > TIFF ImageJ/OME metadata > 1 µm with a warning."""
+    """The spacing rule: datalist ``spacing`` > NIfTI header > TIFF ImageJ/OME metadata > OME-Zarr scale > 1 µm
+    with a warning."""
     if datalist_spacing is not None:
         return as_spacing(datalist_spacing)
+    if is_zarr(path):
+        return zarr_spacing(path)
     if is_nifti(path):
         return nifti_spacing(path)
     if is_tiff(path):
@@ -242,7 +246,8 @@ def write_volume(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     affine: np.ndarray | None = None,
 ) -> Path:
-    """Write an (x, y, z) array as NIfTI (affine = diag(spacing) unless given) or TIFF (stored z, y, x).
+    """Write an (x, y, z) array as NIfTI (affine = diag(spacing) unless given), TIFF (stored z, y, x) or OME-Zarr
+    (an image, ``write_zarr``; ``path`` must not exist).
 
     TIFF gets ImageJ metadata with the spacing in µm; label volumes are written as uint16 when they fit.
     """
@@ -250,7 +255,9 @@ def write_volume(
     array = assert_volume_3d(np.asarray(array), str(path))
     spacing = as_spacing(spacing)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if is_nifti(path):
+    if is_zarr(path):
+        write_zarr(path, array, spacing)
+    elif is_nifti(path):
         if affine is None:
             affine = np.diag([*spacing, 1.0])
         nib.save(nib.Nifti1Image(array, affine), str(path))
@@ -269,5 +276,5 @@ def write_volume(
             metadata={"spacing": spacing[2], "unit": "um", "axes": "ZYX"},
         )
     else:
-        raise ValueError(f"{path}: unsupported format (use .nii.gz or .tif)")
+        raise ValueError(f"{path}: unsupported format (use .nii.gz, .tif or .ome.zarr)")
     return path

@@ -31,12 +31,17 @@ from weakseg_monai.data.io import (
     PREDICTION_SUFFIX,
     VOLUME_SUFFIXES,
     is_nifti,
+    is_volume_path,
+    is_zarr,
     nifti_affine,
     read_volume,
+    remove_path,
+    replace_path,
     resolve_spacing,
     volume_stem,
     write_volume,
 )
+from weakseg_monai.data.omezarr import write_zarr_labels
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
 from weakseg_monai.inference.predictor import scale_mismatch
@@ -52,17 +57,18 @@ output_stem = volume_stem  # the stem every output of an input is named by (``we
 
 
 def list_inputs(input_path: str | Path) -> list[Path]:
-    """One file, or the NIfTI / TIFF files of a folder (sorted), without our own label outputs
+    """One file (or OME-Zarr folder), or the NIfTI / TIFF / OME-Zarr volumes of a folder (sorted), without our own
+    label outputs
     (``*_instances.*``), so a folder that holds earlier predictions does not get them segmented as images.
 
     Raises before any work when two inputs would write the same outputs (``a.nii.gz`` and ``a.tif``).
     """
     path = Path(str(input_path))  # a folder named by a number (2024) reaches us as an int from the command line
-    if path.is_file():
+    if path.is_file() or (is_zarr(path) and path.is_dir()):
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"no such file or folder: {path}")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(INPUT_SUFFIXES))
+    files = sorted(p for p in path.iterdir() if is_volume_path(p))
     ours = [p for p in files if output_stem(p).endswith(OUTPUT_SUFFIX)]
     if ours:
         logger.info("%s: skipping %d earlier prediction(s) (*%s.*)", path, len(ours), OUTPUT_SUFFIX)
@@ -107,7 +113,7 @@ def remove_stale_temporaries(out: Path) -> None:
     for tmp in out.glob(".tmp_*_*"):
         pid = tmp.name.split("_")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
+            remove_path(tmp)
             logger.info("removed %s, left by an interrupted run", tmp)
 
 
@@ -156,14 +162,17 @@ def save_prediction(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = output_stem(source)
-    suffix = ".nii.gz" if is_nifti(source) else ".tif"
+    suffix = ".nii.gz" if is_nifti(source) else ".ome.zarr" if is_zarr(source) else ".tif"
     targets = {"instances": out / f"{stem}_instances{suffix}", "boxes": out / f"{stem}{BOXES_SUFFIX}"}
     if preview:
         targets["preview"] = out / f"{stem}_preview.png"
     temporary = {k: v.with_name(f".tmp_{os.getpid()}_{v.name}") for k, v in targets.items()}
     try:
         instances = prediction["instances"].astype(np.uint16 if prediction["instances"].max() < 65536 else np.int32)
-        write_volume(temporary["instances"], instances, spacing, affine=affine)
+        if is_zarr(source):  # labels/instances of an OME-Zarr store: napari-ome-zarr shows them as labels
+            write_zarr_labels(temporary["instances"], instances, spacing)
+        else:
+            write_volume(temporary["instances"], instances, spacing, affine=affine)
         payload = {
             "image": str(source),
             "spacing": list(spacing),
@@ -183,10 +192,10 @@ def save_prediction(
                 f"{stem}: {len(prediction['boxes'])} instances",
             )
         for key, path in temporary.items():
-            path.replace(targets[key])
+            replace_path(path, targets[key])
     finally:
         for path in temporary.values():
-            path.unlink(missing_ok=True)
+            remove_path(path)
     return targets
 
 

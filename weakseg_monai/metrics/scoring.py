@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
-from weakseg_monai.data.io import PREDICTION_SUFFIX, VOLUME_SUFFIXES, read_volume, volume_stem
+from weakseg_monai.data.io import PREDICTION_SUFFIX, is_volume_path, read_volume, volume_stem
 from weakseg_monai.metrics.ctc import ctc_det, ctc_seg
 from weakseg_monai.metrics.instance import detection_f1, detection_recall_by_face, segmentation_f1
 
@@ -20,8 +20,7 @@ def prediction_files(pred_dir: str | Path) -> dict[str, Path]:
     folder = Path(str(pred_dir))
     if not folder.is_dir():
         raise FileNotFoundError(f"--pred {folder}: no such folder")
-    volumes = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
-               and p.name.lower().endswith(VOLUME_SUFFIXES)]
+    volumes = [p for p in sorted(folder.iterdir()) if is_volume_path(p)]
     ours = [p for p in volumes if volume_stem(p).endswith(PREDICTION_SUFFIX)]
     found: dict[str, list[Path]] = {}
     for p in ours or volumes:
@@ -41,7 +40,7 @@ def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[Path, Pat
         raise FileNotFoundError(f"--gt {gt_folder}: no such folder")
     pairs, missing = [], []
     for g in sorted(gt_folder.iterdir()):
-        if g.name.startswith(".") or not g.name.lower().endswith(VOLUME_SUFFIXES):
+        if not is_volume_path(g):
             continue
         stem = volume_stem(g)
         match = preds.get(stem) or preds.get(stem.removesuffix("_gt"))
