@@ -78,7 +78,7 @@ def test_an_ome_zarr_input_is_segmented_written_as_labels_and_scored_like_nifti(
     assert written.is_dir() and (tmp_path / "out" / "sample_000_boxes.json").is_file()
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp_")]
     labels = read_volume(written)
-    nifti = run_inference(predictor, SAMPLE, tmp_path / "nifti", preview=False)
+    run_inference(predictor, SAMPLE, tmp_path / "nifti", preview=False)
     assert np.array_equal(labels, read_volume(tmp_path / "nifti" / "sample_000_instances.nii.gz"))
     boxes = json.loads((tmp_path / "out" / "sample_000_boxes.json").read_text())
     assert len(boxes["boxes"]) == summaries[0]["instances"] == len(np.unique(labels)) - 1 >= 15
