@@ -192,6 +192,21 @@ class PackageWriter:
             for a in SPATIAL
         ]
 
+    def input_descr(self, v0_5, description: str, size: tuple, tensors: dict, preprocessing: list | None = None):
+        """The one input, ``raw``: batch, channel, then z, y, x of ``size = (minimum, step)`` (x, y, z) voxels."""
+        return v0_5.InputTensorDescr(
+            id=v0_5.TensorId("raw"),
+            description=description,
+            axes=[
+                v0_5.BatchAxis(),
+                v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
+                *self.spatial_axes(v0_5, *size),
+            ],
+            **tensors,
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+            preprocessing=preprocessing or [],
+        )
+
     def output_axes(self, v0_5, channels: list[str], stride: tuple[int, ...]) -> list:
         spacing = dict(zip("xyz", self.rule.working_spacing))
         factor = dict(zip("xyz", stride))
@@ -292,17 +307,12 @@ class PackageWriter:
         descr = v0_5.ModelDescr(
             **self.common(v0_5, staging, "dense", labels),
             inputs=[
-                v0_5.InputTensorDescr(
-                    id=v0_5.TensorId("raw"),
-                    description="fluorescence volume at the working spacing (the axes' scale), any intensity range",
-                    axes=[
-                        v0_5.BatchAxis(),
-                        v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
-                        *self.spatial_axes(v0_5, tuple(2 * d for d in divisor), divisor),
-                    ],
-                    **write_tensor(staging, "input", test_input),
-                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                    preprocessing=[
+                self.input_descr(
+                    v0_5,
+                    "fluorescence volume at the working spacing (the axes' scale), any intensity range",
+                    (tuple(2 * d for d in divisor), divisor),
+                    write_tensor(staging, "input", test_input),
+                    [
                         v0_5.ScaleRangeDescr(
                             kwargs=v0_5.ScaleRangeKwargs(
                                 axes=[v0_5.AxisId(a) for a in SPATIAL], min_percentile=low, max_percentile=high
@@ -355,16 +365,11 @@ class PackageWriter:
         descr = v0_5.ModelDescr(
             **self.common(v0_5, staging, "predictor", labels),
             inputs=[
-                v0_5.InputTensorDescr(
-                    id=v0_5.TensorId("raw"),
-                    description="fluorescence volume at the axes' scale (µm), raw intensities (normalised inside)",
-                    axes=[
-                        v0_5.BatchAxis(),
-                        v0_5.ChannelAxis(channel_names=[v0_5.Identifier("raw")]),
-                        *self.spatial_axes(v0_5, tuple(4 * d for d in divisor), tuple(2 * d for d in divisor)),
-                    ],
-                    **test_input,
-                    data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                self.input_descr(
+                    v0_5,
+                    "fluorescence volume at the axes' scale (µm), raw intensities (normalised inside)",
+                    (tuple(4 * d for d in divisor), tuple(2 * d for d in divisor)),
+                    test_input,
                 )
             ],
             outputs=[
