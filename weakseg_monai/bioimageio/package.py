@@ -427,7 +427,8 @@ def export_bioimageio(ckpt: str | Path, out: str | Path, bundle_dir: str | Path 
     name = json.loads(metadata.read_text())["name"]
     existing = [str(p) for p in package_paths(out, name) if p.exists()]
     if existing:
-        raise FileExistsError(f"{', '.join(existing)} exist: remove them or choose another --out")
+        verb = "exists: remove it" if len(existing) == 1 else "exist: remove them"
+        raise FileExistsError(f"{', '.join(existing)} {verb} or choose another --out")
     writer = PackageWriter(ckpt, out, bundle)
     if not hasattr(writer.model, "anchor_shapes"):
         raise ValueError(f"--ckpt {ckpt}: a model of a family without anchors; the dense package exports a detector")
