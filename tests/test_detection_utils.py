@@ -38,6 +38,24 @@ def test_matching_follows_the_paper():
     assert match_anchors(anchors, torch.zeros(0, 6)).tolist() == [NEGATIVE] * 5
 
 
+def test_negatives_over_an_ignored_sliver_are_ignored_not_background():
+    """An ignored box 3 voxels thin (a crop cut it) holds part of a real object: the anchors that cover half of it
+    or are centred in it must not teach the classifier that it is background; an anchor beside it stays negative."""
+    sliver = torch.tensor([[20.0, 20.0, 0.0, 36.0, 36.0, 3.0]])
+    anchors = torch.tensor(
+        [
+            _box(28, 28, 4, 16, 16, 8),  # covers all of it, IoU 0.375: would be a (weak) positive, now ignored
+            _box(28, 28, 2, 24, 24, 12),  # covers all of it at IoU 0.09: was a negative
+            _box(22, 22, 2, 8, 8, 4),  # centred in it, covers 1/4 of it
+            _box(48, 48, 2, 8, 8, 4),  # beside it
+        ]
+    )
+    plain = match_anchors(anchors, sliver)
+    ignored = match_anchors(anchors, sliver, gt_ignore=torch.tensor([True]))
+    assert plain[1:].tolist() == [NEGATIVE] * 3
+    assert ignored.tolist() == [IGNORE, IGNORE, IGNORE, NEGATIVE]
+
+
 
 def test_adaptive_matching_gives_a_sliver_no_anchor_fits_several_positives_and_leaves_a_fitting_box_alone():
     """A box cut to 3 voxels in z (IoU <= 0.4 with every anchor shape) gets one positive by the paper's rule and
