@@ -46,16 +46,34 @@ def test_export_carries_the_code_and_the_zoo_unit_test_and_refuses_to_overwrite(
         export_bundle(tmp_path, BUNDLE_DIR)
 
 
+# the optional [scale] extra (OME-Zarr): imported only inside the functions that read or write a .zarr path, which
+# name the packages to install when they are missing; a zoo user without it runs everything else
+OPTIONAL_INSIDE_FUNCTIONS = {"zarr", "ome_zarr", "dask", "distributed"}
+
+
+def _imported(nodes) -> set[str]:
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
 def _third_party_imports() -> set[str]:
+    """Every package the carried code imports: at module level always; inside functions too, except the optional
+    [scale] extra's."""
     names = set()
     for path in (REPO_ROOT / "weakseg_monai").rglob("*.py"):
         if path.relative_to(REPO_ROOT / "weakseg_monai").parts[0] in NOT_CARRIED:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text())
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        inside = _imported(node for f in functions for node in ast.walk(f))
+        everywhere = _imported(ast.walk(tree))
+        names |= (everywhere - inside) | (inside - OPTIONAL_INSIDE_FUNCTIONS)
+        names |= _imported(tree.body)  # a module-level import also made inside a function still counts
     return {n for n in names if n not in sys.stdlib_module_names and n not in ("weakseg_monai", "__future__")}
 
 

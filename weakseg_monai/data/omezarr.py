@@ -41,8 +41,8 @@ def require_zarr() -> None:
         import zarr  # noqa: F401
     except ImportError as err:
         raise RuntimeError(
-            f"OME-Zarr needs the [scale] extra ({err.name} is missing): pip install -e \".[scale]\" (zarr, ome-zarr, "
-            "dask)"
+            f"OME-Zarr needs the [scale] extra ({err.name} is missing): pip install -e \".[scale]\" in the source "
+            "repository, or pip install zarr==3.1.6 ome-zarr==0.18.0 'dask[array]==2026.8.0'"
         ) from None
 
 

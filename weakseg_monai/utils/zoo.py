@@ -24,7 +24,8 @@ ZOO_MAX_FILE_BYTES = 25 * 1024 * 1024  # the model zoo refuses larger files
 SHIPPED = ("LICENSE", "configs", "docs", "sample", "sample_gt", "models/model.pt", "models/model.ts")
 PACKAGE = "weakseg_monai"
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
-NOT_CARRIED = ("napari",)  # subpackages the bundle's configs never import: the napari plugin (napari, Qt) stays out
+# subpackages the bundle's configs never import: the napari plugin (napari, Qt) and the bioimage.io export
+NOT_CARRIED = ("napari", "bioimageio")
 
 
 def default_bundle_dir() -> Path:
