@@ -152,12 +152,19 @@ def mirror_block_faces(block: Block, image: np.ndarray, margin: Sequence[float])
     (``weakseg_monai.transforms.faces``), and the block with its region grown to match (negative or past the volume).
     Its core stays inside the volume: as in the whole-volume path, only objects centred in the volume count, so a
     mirrored twin cannot win NMS over its original (an object a face cuts is centred inside: the reflection is
-    about the edge voxel)."""
-    region = [slice(a, b) for a, b in block.region]
-    touches = [(a == 0, b == s) for (a, b), s in zip(block.region, image.shape)]
+    about the edge voxel). ``image`` may be lazy (dask, zarr): only the block's region is read."""
+    mirrored, before, after = block_face_pads(block, image.shape, margin)
+    return mirrored, mirror_faces(np.asarray(image[block.slices()]), before, after)
+
+
+def block_face_pads(
+    block: Block, shape: Sequence[int], margin: Sequence[float]
+) -> tuple[Block, list[int], list[int]]:
+    """The grown block of ``mirror_block_faces`` and the voxels mirrored before / after its region, per axis."""
+    touches = [(a == 0, b == s) for (a, b), s in zip(block.region, shape)]
     before, after = face_pads(margin, [b - a for a, b in block.region], touches)
-    crop = mirror_faces(image[tuple(region)], before, after)
-    return Block(block.core, tuple((a - p, b + q) for (a, b), p, q in zip(block.region, before, after))), crop
+    grown = Block(block.core, tuple((a - p, b + q) for (a, b), p, q in zip(block.region, before, after)))
+    return grown, before, after
 
 
 def predict_blockwise(

@@ -164,12 +164,27 @@ def paste_masks_in_volume(
         ``labels (X, Y, Z)`` int32, value ``k + 1`` = the ``k``-th of the kept instances in input order,
         and ``keep (K,)`` bool: instances left with at least one voxel.
     """
-    device = boxes.device
-    owner = torch.zeros(tuple(int(s) for s in spatial_size), dtype=torch.int32, device=device)
-    size = torch.tensor([int(s) for s in spatial_size], device=device)
+    owner = torch.zeros(tuple(int(s) for s in spatial_size), dtype=torch.int32, device=boxes.device)
+    paste_masks(owner, mask_probs, boxes, scores, threshold)
+    return compact_labels(owner, boxes.shape[0])
+
+
+def paste_masks(
+    owner: Tensor,
+    mask_probs: Tensor | Sequence[Tensor],
+    boxes: Tensor,
+    scores: Tensor,
+    threshold: float = 0.5,
+    values: Sequence[int] | None = None,
+) -> Tensor:
+    """``paste_masks_in_volume`` into an existing ``owner (X, Y, Z)`` int32 volume (in place), writing ``values[k]``
+    (default ``k + 1``) for box ``k``; boxes in ``owner``'s voxels, parts outside it are clipped (a block of a
+    larger volume pastes the part of each mask it holds)."""
+    device = owner.device
+    size = torch.tensor(list(owner.shape), device=device)
     order = torch.argsort(scores, descending=False)  # low first: higher scores overwrite
     for k in order.tolist():
-        box = boxes[k].float()
+        box = boxes[k].float().to(device)
         lo = torch.floor(box[:3]).long().clamp(min=0)
         hi = torch.minimum(torch.ceil(box[3:]).long(), size)
         if (hi <= lo).any():
@@ -181,11 +196,12 @@ def paste_masks_in_volume(
         gx, gy, gz = torch.meshgrid(axes[0], axes[1], axes[2], indexing="ij")
         grid = torch.stack([gz, gy, gx], dim=-1)[None]  # grid_sample wants (W, H, D) = (z, y, x) order
         sampled = F.grid_sample(
-            mask_probs[k][None, None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+            mask_probs[k][None, None].float().to(device), grid, mode="bilinear", padding_mode="border",
+            align_corners=False,
         )[0, 0]
         region = owner[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        region[sampled > threshold] = k + 1
-    return compact_labels(owner, boxes.shape[0])
+        region[sampled > threshold] = k + 1 if values is None else int(values[k])
+    return owner
 
 
 def compact_labels(labels: Tensor, n: int) -> tuple[Tensor, Tensor]:

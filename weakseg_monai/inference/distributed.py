@@ -1,0 +1,197 @@
+"""Blockwise inference on dask, for volumes larger than memory: the blockwise core (``inference.blockwise``) run as
+dask tasks, in two phases, with the labels written to OME-Zarr chunk by chunk.
+
+1. **Detect**: one task per block (``plan_blocks``: cores of ``block_size`` working voxels, halo from the family)
+   reads only its region of the lazy volume, mirrors the volume's faces it touches and runs ``predict_block``: the
+   objects centred in its core, with global boxes, mask frames, scores and ``uint8`` mask grids. The grids go to a
+   spill folder (one ``.npz`` per block), so neither the client nor a worker holds all masks.
+2. **Resolve and write**: on the client, a global NMS over all boxes (the rare double at a core border; objects
+   are small records) gives every kept instance a global id (1, 2, ... by decreasing score). Then one task per
+   output chunk pastes the kept masks whose frames overlap that chunk (higher score wins, as in one volume) and
+   returns it; ``ome-zarr`` writes each chunk once, so no two tasks write the same Zarr chunk.
+
+Why not ``dask.array.map_overlap(..., trim=True)``: an object crossing a core border comes back cut in two
+(centre-in-core ownership with whole-object masks is what keeps it whole). Peak memory per task is one block's
+region and its network activations, or one chunk and the mask grids overlapping it: bounded by the block size, not
+the volume. Intensity percentiles are computed once, exactly for volumes up to ``EXACT_PERCENTILE_VOXELS`` and from
+a sample of blocks above.
+
+``scheduler``: ``None`` runs the tasks in this process (dask's threads); ``"local:N"`` on a
+``distributed.LocalCluster`` of N single-threaded worker processes; ``"tcp://host:port"`` on an existing cluster
+(``dask scheduler`` / ``dask worker``, dask-jobqueue, dask-kubernetes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weakseg_monai.conventions import as_spacing
+from weakseg_monai.inference.blockwise import Block, block_face_pads, block_geometry, plan_blocks, predict_block
+from weakseg_monai.networks.family import InstanceModel
+from weakseg_monai.networks.postprocess import paste_masks
+from weakseg_monai.transforms.faces import mirror_faces, mirror_margin
+from weakseg_monai.transforms.input_rule import InputRule
+
+logger = logging.getLogger(__name__)
+
+EXACT_PERCENTILE_VOXELS = 64_000_000  # up to this many voxels, percentiles over the whole volume
+SAMPLE_BLOCKS = 16  # above: over this many evenly spread blocks
+MASK_LEVELS = 255
+
+
+def intensity_range(volume, rule: InputRule, block: Sequence[int]) -> tuple[float, float]:
+    """The volume's ``(low, high)`` percentiles of the model's rule: exact up to ``EXACT_PERCENTILE_VOXELS``, else
+    from ``SAMPLE_BLOCKS`` blocks of ``block`` voxels spread over it."""
+    if int(np.prod(volume.shape)) <= EXACT_PERCENTILE_VOXELS:
+        return rule.intensity_range(np.asarray(volume))
+    blocks = plan_blocks(volume.shape, block, (0, 0, 0))
+    chosen = [blocks[i] for i in np.linspace(0, len(blocks) - 1, min(SAMPLE_BLOCKS, len(blocks))).astype(int)]
+    return rule.intensity_range(np.concatenate([np.asarray(volume[b.slices()]).ravel() for b in chosen]))
+
+
+def detect_block(
+    network: InstanceModel, region: np.ndarray, index: int, block: Block, pads, zoom, intensity, spill: str
+) -> dict[str, np.ndarray]:
+    """Phase 1 for one block: ``region`` (the voxels of ``block.region``; dask reads only those) with the faces it
+    touches mirrored (``pads = (grown block, before, after)``, ``block_face_pads``); its objects in global input
+    voxels, without their masks, which go to ``spill/block_<index>.npz``."""
+    grown, before, after = pads
+    found = predict_block(network, mirror_faces(np.asarray(region), before, after), grown, zoom, intensity)
+    np.savez(Path(spill) / f"block_{index}.npz", *[m.numpy() for m in found["masks"]])
+    return {
+        "boxes": found["boxes"].numpy(),
+        "frames": found["frames"].numpy(),
+        "scores": found["scores"].numpy(),
+        "classes": found["classes"].numpy(),
+        "block": np.full(len(found["scores"]), index),
+        "item": np.arange(len(found["scores"])),
+    }
+
+
+def resolve(detections: list[dict[str, np.ndarray]], nms_thresh: float) -> dict[str, np.ndarray]:
+    """Phase 2 on the client: all blocks' objects after a global NMS, by decreasing score (global id = row + 1)."""
+    from monai.data.box_utils import batched_nms
+
+    table = {k: np.concatenate([d[k] for d in detections]) for k in detections[0]}
+    if not len(table["scores"]):
+        return table
+    boxes, scores = torch.as_tensor(table["boxes"]), torch.as_tensor(table["scores"])
+    keep = batched_nms(boxes, scores, torch.as_tensor(table["classes"]), nms_thresh).numpy()
+    keep = keep[np.argsort(-table["scores"][keep], kind="stable")]
+    return {k: v[keep] for k, v in table.items()}
+
+
+def paste_chunk(kept: dict[str, np.ndarray], lo: Sequence[int], hi: Sequence[int], spill: str, threshold: float):
+    """One output chunk ``[lo, hi)`` (x, y, z) of the label volume, int32, stored (z, y, x)."""
+    frames = kept["frames"]
+    overlap = np.all((frames[:, :3] < np.asarray(hi)) & (frames[:, 3:] > np.asarray(lo)), axis=1)
+    rows = np.nonzero(overlap)[0]
+    owner = torch.zeros([b - a for a, b in zip(lo, hi)], dtype=torch.int32)
+    if len(rows):
+        masks, opened = [], {}
+        for row in rows:
+            block = int(kept["block"][row])
+            if block not in opened:
+                opened[block] = np.load(Path(spill) / f"block_{block}.npz")
+            masks.append(torch.from_numpy(opened[block][f"arr_{int(kept['item'][row])}"]).float() / MASK_LEVELS)
+        shift = torch.tensor(list(lo) * 2, dtype=torch.float32)
+        paste_masks(owner, masks, torch.as_tensor(frames[rows]) - shift, torch.as_tensor(kept["scores"][rows]),
+                    threshold, values=(rows + 1).tolist())
+    return owner.numpy().transpose(2, 1, 0)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None):
+    """``None``: no client (dask's default threads in this process); ``local:N``: a LocalCluster of N single-threaded
+    worker processes, closed after; an address: a client of that cluster."""
+    if scheduler is None or str(scheduler).lower() in ("", "none", "null"):
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    text = str(scheduler)
+    if text.startswith("local:"):
+        workers = int(text.split(":", 1)[1])
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            with Client(cluster) as client:
+                yield client
+    else:
+        with Client(text) as client:
+            yield client
+
+
+def segment_volume(
+    network: InstanceModel,
+    volume,
+    spacing: Sequence[float],
+    out: str | Path,
+    scheduler: str | None = None,
+    block_size: Sequence[int] = (192, 192, 64),
+    chunks_zyx: Sequence[int] = (32, 256, 256),
+    spill_dir: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Segment an ``(X, Y, Z)`` volume (a dask, zarr or numpy array; never loaded whole) at ``spacing`` µm and write
+    its labels to the new OME-Zarr ``out`` (``labels/instances``). Returns the kept objects: ``boxes``, ``scores``,
+    ``labels`` (dataset labels), ``ids`` (their label values).
+
+    ``spill_dir``: where the blocks' mask grids wait between the phases (a temporary folder inside it, removed at the
+    end); on a cluster of several machines it must be a filesystem every worker sees. Default: the system's
+    temporary folder."""
+    import dask
+    import dask.array as da
+
+    from weakseg_monai.data.omezarr import write_zarr_labels
+
+    network.eval()
+    spacing = as_spacing(spacing)
+    rule = InputRule.of(network)
+    _, zoom = rule.working_shape(volume.shape, spacing)
+    core, halo = block_geometry(network, zoom, block_size)
+    blocks = plan_blocks(volume.shape, core, halo)
+    intensity = intensity_range(volume, rule, core)
+    margin = [m / z for m, z in zip(mirror_margin(network), zoom)]
+    if isinstance(volume, np.ndarray):
+        volume = da.from_array(volume, chunks=tuple(min(c, s) for c, s in zip(core, volume.shape)))
+    spill = tempfile.mkdtemp(prefix="weakseg_blocks_", dir=spill_dir)
+    try:
+        with dask_client(scheduler) as client:
+            logger.info("%d blocks of <= %s voxels (halo %s) over %s, scheduler %s", len(blocks), core, halo,
+                        tuple(volume.shape), scheduler or "in-process")
+            model = dask.delayed(network) if client is None else client.scatter(network, broadcast=True)
+            tasks = [
+                dask.delayed(detect_block)(
+                    model, volume[b.slices()], i, b, block_face_pads(b, volume.shape, margin), zoom, intensity, spill
+                )
+                for i, b in enumerate(blocks)
+            ]
+            detections = list(dask.compute(*tasks, scheduler=None if client is None else client.get))
+            kept = resolve(detections, network.merge_nms_threshold())
+            threshold = float(network.mask_threshold)
+            shape_zyx = tuple(int(s) for s in volume.shape[::-1])
+            chunks = tuple(min(c, s) for c, s in zip(chunks_zyx, shape_zyx))
+            grid = [list(range(0, s, c)) for s, c in zip(shape_zyx, chunks)]
+            pieces = np.empty([len(g) for g in grid], dtype=object)
+            for index in np.ndindex(*pieces.shape):
+                lo_zyx = [g[i] for g, i in zip(grid, index)]
+                hi_zyx = [min(a + c, s) for a, c, s in zip(lo_zyx, chunks, shape_zyx)]
+                task = dask.delayed(paste_chunk)(kept, lo_zyx[::-1], hi_zyx[::-1], spill, threshold)
+                pieces[index] = da.from_delayed(task, [b - a for a, b in zip(lo_zyx, hi_zyx)], dtype=np.int32)
+            labels_zyx = da.block(pieces.tolist())
+            with dask.config.set(scheduler=client.get if client is not None else "threads"):
+                write_zarr_labels(out, labels_zyx.transpose(2, 1, 0), spacing)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return {
+        "boxes": kept["boxes"].astype(np.float32),
+        "scores": kept["scores"],
+        "labels": kept["classes"] - 1,
+        "ids": np.arange(1, len(kept["scores"]) + 1),
+    }
