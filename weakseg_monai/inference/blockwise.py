@@ -49,18 +49,38 @@ class Block:
         return tuple(slice(a, b) for a, b in self.region)
 
 
-def plan_blocks(shape: Sequence[int], core: Sequence[int], halo: Sequence[int]) -> list[Block]:
-    """Cut an ``(X, Y, Z)`` grid into cores of at most ``core`` voxels (evenly sized) with ``halo`` around each."""
+def plan_blocks(
+    shape: Sequence[int], core: Sequence[int], halo: Sequence[int], multiple: Sequence[int] = (1, 1, 1)
+) -> list[Block]:
+    """Cut an ``(X, Y, Z)`` grid into cores of about ``core`` voxels (evenly sized) with ``halo`` around each; core
+    edges fall on multiples of ``multiple`` and the halo is rounded up to one, so every block starts on the model's
+    grid (see ``network_blocks``)."""
     starts = []
-    for size, c in zip(shape, core):
+    for size, c, m in zip(shape, core, multiple):
         n = max(1, math.ceil(size / max(1, c)))
-        edges = np.linspace(0, size, n + 1).round().astype(int)
+        edges = (np.linspace(0, size, n + 1) / m).round().astype(int) * m
+        edges[-1] = size
+        edges = np.unique(np.clip(edges, 0, size))
         starts.append(list(zip(edges[:-1], edges[1:])))
+    halo = [math.ceil(h / m) * m for h, m in zip(halo, multiple)]
     blocks = []
     for cores in itertools.product(*starts):
         region = tuple((max(0, a - h), min(s, b + h)) for (a, b), h, s in zip(cores, halo, shape))
         blocks.append(Block(tuple((int(a), int(b)) for a, b in cores), tuple((int(a), int(b)) for a, b in region)))
     return blocks
+
+
+def network_blocks(
+    network: InstanceModel, shape: Sequence[int], zoom: Sequence[float], block_working: Sequence[int]
+) -> list[Block]:
+    """The blocks of an ``(X, Y, Z)`` input volume for ``network``: ``block_geometry``'s cores and halo, every block
+    starting on the model's grid multiple (in input voxels) as the whole volume does. Why: a block that starts off
+    that grid is resampled by a slightly different factor and sees its anchors shifted; measured on the shipped
+    sample doubled along x (6 blocks of 96 x 96 x 32), instances at IoU >= 0.9 with the whole-volume labels 78%
+    (mean IoU 0.924) off the grid, 100% (0.974) on it."""
+    core, halo = block_geometry(network, zoom, block_working)
+    multiple = [max(1, round(g / z)) for g, z in zip(network.grid_multiple(), zoom)]
+    return plan_blocks(shape, core, halo, multiple)
 
 
 def block_geometry(
@@ -177,9 +197,8 @@ def predict_blockwise(
 ) -> dict[str, np.ndarray]:
     """Instances of an ``(X, Y, Z)`` input volume, block by block (see the module docstring), in its own grid."""
     network.eval()
-    core, halo = block_geometry(network, zoom, block_working)
-    blocks = plan_blocks(image.shape, core, halo)
-    logger.info("blockwise: %d blocks of <= %s input voxels (halo %s) over %s", len(blocks), core, halo, image.shape)
+    blocks = network_blocks(network, image.shape, zoom, block_working)
+    logger.info("blockwise: %d blocks over %s (the first: %s)", len(blocks), image.shape, blocks[0])
     # working voxels mirrored beyond the volume's faces (whole grid multiples, as the whole-volume path), in input
     # voxels
     margin = [m / z for m, z in zip(mirror_margin(network), zoom)]

@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from weakseg_monai.conventions import as_spacing
-from weakseg_monai.inference.blockwise import Block, block_face_pads, block_geometry, plan_blocks, predict_block
+from weakseg_monai.inference.blockwise import (
+    Block,
+    block_face_pads,
+    block_geometry,
+    network_blocks,
+    plan_blocks,
+    predict_block,
+)
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks
 from weakseg_monai.transforms.faces import mirror_faces, mirror_margin
@@ -154,8 +161,8 @@ def segment_volume(
     spacing = as_spacing(spacing)
     rule = InputRule.of(network)
     _, zoom = rule.working_shape(volume.shape, spacing)
-    core, halo = block_geometry(network, zoom, block_size)
-    blocks = plan_blocks(volume.shape, core, halo)
+    core, _ = block_geometry(network, zoom, block_size)
+    blocks = network_blocks(network, volume.shape, zoom, block_size)
     intensity = intensity_range(volume, rule, core)
     margin = [m / z for m, z in zip(mirror_margin(network), zoom)]
     if isinstance(volume, np.ndarray):
@@ -163,8 +170,7 @@ def segment_volume(
     spill = tempfile.mkdtemp(prefix="weakseg_blocks_", dir=spill_dir)
     try:
         with dask_client(scheduler) as client:
-            logger.info("%d blocks of <= %s voxels (halo %s) over %s, scheduler %s", len(blocks), core, halo,
-                        tuple(volume.shape), scheduler or "in-process")
+            logger.info("%d blocks over %s, scheduler %s", len(blocks), tuple(volume.shape), scheduler or "in-process")
             model = dask.delayed(network) if client is None else client.scatter(network, broadcast=True)
             tasks = [
                 dask.delayed(detect_block)(
