@@ -48,11 +48,15 @@ def same_labels(a: np.ndarray, b: np.ndarray) -> bool:
 def test_dask_blockwise_from_a_lazy_ome_zarr_volume_equals_the_in_memory_blockwise_core(case):
     folder, network, reference = case
     volume, spacing = open_zarr(folder / "in.ome.zarr")
-    found = segment_volume(network, volume, spacing, folder / "out.ome.zarr", block_size=BLOCK)
+    # chunks of 16 x 64 x 64 (z, y, x): 16 paste tasks, objects across chunk borders
+    found = segment_volume(network, volume, spacing, folder / "out.ome.zarr", block_size=BLOCK, chunks_zyx=(16, 64, 64))
     labels = read_volume(folder / "out.ome.zarr")
     assert labels.shape == volume.shape and resolve_spacing(folder / "out.ome.zarr") == spacing
     assert same_labels(labels, reference) and len(np.unique(labels)) - 1 == len(np.unique(reference)) - 1 >= 30
     assert set(np.unique(labels)[1:]) <= set(found["ids"].tolist())  # ids are the returned objects'
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp_")]
+    with pytest.raises(FileExistsError):  # refused before any block is predicted
+        segment_volume(network, volume, spacing, folder / "out.ome.zarr", block_size=BLOCK)
 
 
 def test_blockwise_labels_agree_with_the_whole_volume_labels(case):

@@ -74,6 +74,10 @@ _UM_PER_UNIT = {
     "millimeter": 1e3,
     "cm": 1e4,
     "m": 1e6,
+    "meter": 1e6,
+    "centimeter": 1e4,
+    "angstrom": 1e-4,
+    "picometer": 1e-6,
 }
 
 

@@ -75,6 +75,12 @@ def metadata(group) -> dict:
     return attrs.get("ome", attrs)
 
 
+def transform_scale(entry: dict, n_axes: int) -> list[float]:
+    """The ``scale`` of an entry's ``coordinateTransformations`` (ones when it has none)."""
+    transforms = entry.get("coordinateTransformations") or []
+    return next((list(t["scale"]) for t in transforms if t.get("type") == "scale"), [1.0] * n_axes)
+
+
 def open_zarr(path: str | Path):
     """``(volume, spacing)``: the full-resolution level as a lazy dask array in (x, y, z) order, and its (x, y, z)
     spacing in µm."""
@@ -88,8 +94,8 @@ def open_zarr(path: str | Path):
         raise ValueError(f"{path}: axes {names} lack one of x, y, z (a 3D volume is needed)")
     dataset = multiscales["datasets"][0]
     array = da.from_zarr(group[dataset["path"]])
-    scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"), None)
-    scale = scale or [1.0] * len(names)
+    scale = np.asarray(transform_scale(dataset, len(names)))
+    scale = scale * np.asarray(transform_scale(multiscales, len(names)))  # NGFF: a multiscales-wide transform too
     index = []
     for name, size in zip(names, array.shape):
         if name in SPATIAL_AXES:

@@ -97,10 +97,10 @@ def resolve(detections: list[dict[str, np.ndarray]], nms_thresh: float) -> dict[
 
 
 def paste_chunk(kept: dict[str, np.ndarray], lo: Sequence[int], hi: Sequence[int], spill: str, threshold: float):
-    """One output chunk ``[lo, hi)`` (x, y, z) of the label volume, int32, stored (z, y, x)."""
+    """One output chunk ``[lo, hi)`` (x, y, z) of the label volume, int32, stored (z, y, x): the masks of ``kept``
+    (the objects overlapping it, with their global ``ids``)."""
     frames = kept["frames"]
-    overlap = np.all((frames[:, :3] < np.asarray(hi)) & (frames[:, 3:] > np.asarray(lo)), axis=1)
-    rows = np.nonzero(overlap)[0]
+    rows = np.arange(len(frames))
     owner = torch.zeros([b - a for a, b in zip(lo, hi)], dtype=torch.int32)
     if len(rows):
         masks, opened = [], {}
@@ -111,8 +111,28 @@ def paste_chunk(kept: dict[str, np.ndarray], lo: Sequence[int], hi: Sequence[int
             masks.append(torch.from_numpy(opened[block][f"arr_{int(kept['item'][row])}"]).float() / MASK_LEVELS)
         shift = torch.tensor(list(lo) * 2, dtype=torch.float32)
         paste_masks(owner, masks, torch.as_tensor(frames[rows]) - shift, torch.as_tensor(kept["scores"][rows]),
-                    threshold, values=(rows + 1).tolist())
+                    threshold, values=kept["ids"].tolist())
     return owner.numpy().transpose(2, 1, 0)
+
+
+def chunk_tasks(kept: dict[str, np.ndarray], shape_zyx, chunks_zyx, spill: str, threshold: float):
+    """The label volume ``(Z, Y, X)`` as a dask array of ``paste_chunk`` tasks, each given only the rows of ``kept``
+    whose mask frames overlap its chunk."""
+    import dask
+    import dask.array as da
+
+    chunks = tuple(min(c, s) for c, s in zip(chunks_zyx, shape_zyx))
+    grid = [list(range(0, s, c)) for s, c in zip(shape_zyx, chunks)]
+    frames = kept["frames"]
+    pieces = np.empty([len(g) for g in grid], dtype=object)
+    for index in np.ndindex(*pieces.shape):
+        lo = [g[i] for g, i in zip(grid, index)][::-1]  # (x, y, z)
+        hi = [min(a + c, s) for a, c, s in zip(lo, chunks[::-1], shape_zyx[::-1])]
+        rows = np.nonzero(np.all((frames[:, :3] < np.asarray(hi)) & (frames[:, 3:] > np.asarray(lo)), axis=1))[0]
+        subset = {k: v[rows] for k, v in kept.items()} | {"ids": rows + 1}
+        task = dask.delayed(paste_chunk)(subset, lo, hi, spill, threshold)
+        pieces[index] = da.from_delayed(task, [b - a for a, b in zip(lo, hi)][::-1], dtype=np.int32)
+    return da.block(pieces.tolist())
 
 
 @contextlib.contextmanager
@@ -145,29 +165,35 @@ def segment_volume(
     chunks_zyx: Sequence[int] = (32, 256, 256),
     spill_dir: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Segment an ``(X, Y, Z)`` volume (a dask, zarr or numpy array; never loaded whole) at ``spacing`` µm and write
+    """Segment an ``(X, Y, Z)`` volume (a dask, zarr or numpy array; read block by block) at ``spacing`` µm and write
     its labels to the new OME-Zarr ``out`` (``labels/instances``). Returns the kept objects: ``boxes``, ``scores``,
     ``labels`` (dataset labels), ``ids`` (their label values).
 
     ``spill_dir``: where the blocks' mask grids wait between the phases (a temporary folder inside it, removed at the
-    end); on a cluster of several machines it must be a filesystem every worker sees. Default: the system's
-    temporary folder."""
+    end). On a cluster of several machines the workers read the input, write the spill and the output: the input,
+    ``out`` and ``spill_dir`` must then be on a filesystem every worker sees. Default: the system's temporary
+    folder. The output is written next to ``out`` and renamed at the end (nothing half-written under its name)."""
     import dask
     import dask.array as da
 
+    from weakseg_monai.data.io import replace_path
     from weakseg_monai.data.omezarr import write_zarr_labels
 
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists: remove it or choose another output")
     network.eval()
     spacing = as_spacing(spacing)
     rule = InputRule.of(network)
     _, zoom = rule.working_shape(volume.shape, spacing)
     core, _ = block_geometry(network, zoom, block_size)
     blocks = network_blocks(network, volume.shape, zoom, block_size)
+    if not isinstance(volume, da.Array):  # numpy or zarr: read region by region as well
+        volume = da.from_array(volume, chunks=tuple(min(c, s) for c, s in zip(core, volume.shape)))
     intensity = intensity_range(volume, rule, core)
     margin = [m / z for m, z in zip(mirror_margin(network), zoom)]
-    if isinstance(volume, np.ndarray):
-        volume = da.from_array(volume, chunks=tuple(min(c, s) for c, s in zip(core, volume.shape)))
     spill = tempfile.mkdtemp(prefix="weakseg_blocks_", dir=spill_dir)
+    partial = out.with_name(f".tmp_{out.name}")
     try:
         with dask_client(scheduler) as client:
             logger.info("%d blocks over %s, scheduler %s", len(blocks), tuple(volume.shape), scheduler or "in-process")
@@ -178,23 +204,23 @@ def segment_volume(
                 )
                 for i, b in enumerate(blocks)
             ]
-            detections = list(dask.compute(*tasks, scheduler=None if client is None else client.get))
+            # in this process one block at a time: torch already uses every core, and memory stays one block's
+            run = {"scheduler": "synchronous"} if client is None else {"scheduler": client.get}
+            detections = list(dask.compute(*tasks, **run))
             kept = resolve(detections, network.merge_nms_threshold())
-            threshold = float(network.mask_threshold)
-            shape_zyx = tuple(int(s) for s in volume.shape[::-1])
-            chunks = tuple(min(c, s) for c, s in zip(chunks_zyx, shape_zyx))
-            grid = [list(range(0, s, c)) for s, c in zip(shape_zyx, chunks)]
-            pieces = np.empty([len(g) for g in grid], dtype=object)
-            for index in np.ndindex(*pieces.shape):
-                lo_zyx = [g[i] for g, i in zip(grid, index)]
-                hi_zyx = [min(a + c, s) for a, c, s in zip(lo_zyx, chunks, shape_zyx)]
-                task = dask.delayed(paste_chunk)(kept, lo_zyx[::-1], hi_zyx[::-1], spill, threshold)
-                pieces[index] = da.from_delayed(task, [b - a for a, b in zip(lo_zyx, hi_zyx)], dtype=np.int32)
-            labels_zyx = da.block(pieces.tolist())
-            with dask.config.set(scheduler=client.get if client is not None else "threads"):
-                write_zarr_labels(out, labels_zyx.transpose(2, 1, 0), spacing)
+            labels_zyx = chunk_tasks(kept, tuple(int(s) for s in volume.shape[::-1]), chunks_zyx, spill,
+                                     float(network.mask_threshold))
+            # each chunk pasted once, into a plain array; the OME-Zarr pyramid is then built from it (ome-zarr
+            # reads its input more than once: its label-value pass would paste everything again)
+            level0 = str(Path(spill) / "labels_s0.zarr")
+            with dask.config.set(**run):
+                labels_zyx.to_zarr(level0)
+                shutil.rmtree(partial, ignore_errors=True)
+                write_zarr_labels(partial, da.from_zarr(level0).transpose(2, 1, 0), spacing)
+        replace_path(partial, out)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
     return {
         "boxes": kept["boxes"].astype(np.float32),
         "scores": kept["scores"],

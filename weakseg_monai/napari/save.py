@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from weakseg_monai.data.datalist import DATALIST_NAME, SECTIONS, dumps_json, item_id, read_datalist
-from weakseg_monai.data.io import VOLUME_SUFFIXES, write_volume
+from weakseg_monai.data.io import NIFTI_SUFFIXES, TIFF_SUFFIXES, write_volume
 from weakseg_monai.data.validate import ValidationReport, validate_dataset
 from weakseg_monai.napari.axes import from_display
 from weakseg_monai.napari.boxes import WeakBoxes
@@ -33,7 +33,8 @@ MAX_NOTIFIED = 20  # messages shown one by one; the rest are counted
 
 def _suffix(path: str | Path | None) -> str:
     name = str(path or "").lower()
-    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), DEFAULT_SUFFIX)
+    # files only: a dataset saved from napari is NIfTI or TIFF (an OME-Zarr image's annotation is saved as NIfTI)
+    return next((s for s in (*NIFTI_SUFFIXES, *TIFF_SUFFIXES) if name.endswith(s)), DEFAULT_SUFFIX)
 
 
 def _inside(relpath: str | None) -> bool:
