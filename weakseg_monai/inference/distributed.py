@@ -35,6 +35,7 @@ import torch
 
 from weakseg_monai.conventions import as_spacing
 from weakseg_monai.inference.blockwise import (
+    MASK_LEVELS,
     Block,
     block_face_pads,
     block_geometry,
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 EXACT_PERCENTILE_VOXELS = 64_000_000  # up to this many voxels, percentiles over the whole volume
 SAMPLE_BLOCKS = 16  # above: over this many evenly spread blocks
-MASK_LEVELS = 255
 
 
 def intensity_range(volume, rule: InputRule, block: Sequence[int]) -> tuple[float, float]:
@@ -99,19 +99,18 @@ def resolve(detections: list[dict[str, np.ndarray]], nms_thresh: float) -> dict[
 def paste_chunk(kept: dict[str, np.ndarray], lo: Sequence[int], hi: Sequence[int], spill: str, threshold: float):
     """One output chunk ``[lo, hi)`` (x, y, z) of the label volume, int32, stored (z, y, x): the masks of ``kept``
     (the objects overlapping it, with their global ``ids``)."""
-    frames = kept["frames"]
-    rows = np.arange(len(frames))
     owner = torch.zeros([b - a for a, b in zip(lo, hi)], dtype=torch.int32)
-    if len(rows):
+    if len(kept["ids"]):
         masks, opened = [], {}
-        for row in rows:
-            block = int(kept["block"][row])
+        for block, item in zip(kept["block"].tolist(), kept["item"].tolist()):
             if block not in opened:
                 opened[block] = np.load(Path(spill) / f"block_{block}.npz")
-            masks.append(torch.from_numpy(opened[block][f"arr_{int(kept['item'][row])}"]).float() / MASK_LEVELS)
+            masks.append(torch.from_numpy(opened[block][f"arr_{item}"]).float() / MASK_LEVELS)
+        for archive in opened.values():
+            archive.close()
         shift = torch.tensor(list(lo) * 2, dtype=torch.float32)
-        paste_masks(owner, masks, torch.as_tensor(frames[rows]) - shift, torch.as_tensor(kept["scores"][rows]),
-                    threshold, values=kept["ids"].tolist())
+        paste_masks(owner, masks, torch.as_tensor(kept["frames"]) - shift, torch.as_tensor(kept["scores"]), threshold,
+                    values=kept["ids"].tolist())
     return owner.numpy().transpose(2, 1, 0)
 
 
