@@ -144,6 +144,15 @@ def predict_block(
     }
 
 
+def ranked_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float) -> torch.Tensor:
+    """The indices the global NMS over all blocks' objects keeps (the rare double at a core border goes), by
+    decreasing score: the order labels are given in."""
+    if not len(boxes):
+        return torch.zeros(0, dtype=torch.long)
+    keep = batched_nms(boxes, scores, classes, nms_thresh)
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
+
+
 def merge_blocks(
     detections: list[dict[str, torch.Tensor]], shape: Sequence[int], nms_thresh: float, mask_threshold: float
 ) -> dict[str, torch.Tensor]:
@@ -154,8 +163,7 @@ def merge_blocks(
     scores = torch.cat([d["scores"] for d in detections]) if detections else torch.zeros(0)
     classes = torch.cat([d["classes"] for d in detections]) if detections else torch.zeros(0, dtype=torch.long)
     masks = [m for d in detections for m in d["masks"]]
-    keep = batched_nms(boxes, scores, classes, nms_thresh) if len(boxes) else torch.zeros(0, dtype=torch.long)
-    keep = keep[torch.argsort(scores[keep], descending=True)]
+    keep = ranked_nms(boxes, scores, classes, nms_thresh)
     boxes, frames, scores, classes = boxes[keep], frames[keep], scores[keep], classes[keep]
     masks = [masks[k] for k in keep.tolist()]
     instances, present = paste_masks_in_volume(masks, frames, scores, shape, mask_threshold * MASK_LEVELS)

@@ -42,6 +42,7 @@ from weakseg_monai.inference.blockwise import (
     network_blocks,
     plan_blocks,
     predict_block,
+    ranked_nms,
 )
 from weakseg_monai.networks.family import InstanceModel
 from weakseg_monai.networks.postprocess import paste_masks
@@ -85,14 +86,8 @@ def detect_block(
 
 def resolve(detections: list[dict[str, np.ndarray]], nms_thresh: float) -> dict[str, np.ndarray]:
     """Phase 2 on the client: all blocks' objects after a global NMS, by decreasing score (global id = row + 1)."""
-    from monai.data.box_utils import batched_nms
-
     table = {k: np.concatenate([d[k] for d in detections]) for k in detections[0]}
-    if not len(table["scores"]):
-        return table
-    boxes, scores = torch.as_tensor(table["boxes"]), torch.as_tensor(table["scores"])
-    keep = batched_nms(boxes, scores, torch.as_tensor(table["classes"]), nms_thresh).numpy()
-    keep = keep[np.argsort(-table["scores"][keep], kind="stable")]
+    keep = ranked_nms(*(torch.as_tensor(table[k]) for k in ("boxes", "scores", "classes")), nms_thresh).numpy()
     return {k: v[keep] for k, v in table.items()}
 
 

@@ -29,7 +29,6 @@ from weakseg_monai.conventions import as_flag, as_spacing
 from weakseg_monai.data.io import (
     BOXES_SUFFIX,
     PREDICTION_SUFFIX,
-    VOLUME_SUFFIXES,
     is_nifti,
     is_volume_path,
     is_zarr,
@@ -49,7 +48,6 @@ from weakseg_monai.networks.family import unwrap
 from weakseg_monai.transforms.dictionary import finite_float32
 
 logger = logging.getLogger(__name__)
-INPUT_SUFFIXES = VOLUME_SUFFIXES
 
 
 OUTPUT_SUFFIX = PREDICTION_SUFFIX  # NAME_instances.EXT, NAME_boxes.json, NAME_preview.png: a promise to readers
