@@ -22,7 +22,15 @@ import tifffile
 from monai.transforms import LoadImage
 
 from weakseg_monai.conventions import SPATIAL_AXES, as_spacing, assert_volume_3d, um_per_unit
-from weakseg_monai.data.omezarr import ZARR_SUFFIXES, is_zarr, read_zarr_xyz, write_zarr, zarr_shape, zarr_spacing
+from weakseg_monai.data.omezarr import (
+    ZARR_SUFFIXES,
+    is_zarr,
+    open_zarr,
+    read_zarr_xyz,
+    write_zarr,
+    zarr_shape,
+    zarr_spacing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +181,40 @@ def volume_shape(path: str | Path) -> tuple[int, int, int]:
     if is_nifti(path):
         with quiet_nibabel():
             return tuple(int(s) for s in nib.load(str(path)).shape[:3])  # type: ignore[return-value]
-    return tuple(int(s) for s in read_volume(path).shape[:3])  # type: ignore[return-value]
+    with tifffile.TiffFile(str(path)) as tif:  # the series' shape, (z, y, x) for a stack: no pixel is read
+        series = tif.series[0]
+        spatial = [int(n) for a, n in zip(series.axes, series.shape) if a in "ZYXQI"]
+    return tuple(spatial[::-1][:3]) if len(spatial) >= 3 else tuple(read_volume(path).shape[:3])  # type: ignore
+
+
+def lazy_volume(path: str | Path, spacing: Sequence[float] | None = None):
+    """``(volume, spacing)`` without reading the voxels: an (x, y, z) array that reads only the region it is sliced
+    at (a dask array), for the blockwise path of volumes larger than memory. OME-Zarr: its full-resolution level;
+    NIfTI: nibabel's array proxy (memory-mapped when uncompressed; a ``.nii.gz`` is decompressed on each read, so
+    large volumes are better stored as ``.nii`` or OME-Zarr); TIFF: memory-mapped when its pixels are stored
+    uncompressed in one run, else read whole. ``spacing`` overrides the file's own (as ``resolve_spacing``)."""
+    import dask.array as da
+
+    path = Path(path)
+    chunks = (256, 256, 64)
+    if is_zarr(path):
+        volume = open_zarr(path)[0]
+    elif is_nifti(path):
+        with quiet_nibabel():
+            proxy = nib.load(str(path)).dataobj
+        volume = da.from_array(proxy, chunks=chunks[: len(proxy.shape)] + (1,) * (len(proxy.shape) - 3))
+        volume = volume.reshape(volume.shape[:3]) if volume.ndim == 4 and volume.shape[3] == 1 else volume
+    elif is_tiff(path):
+        try:
+            volume = da.from_array(tifffile.memmap(str(path), mode="r"), chunks=chunks[::-1]).transpose(2, 1, 0)
+        except ValueError:  # compressed or tiled: tifffile cannot map it
+            logger.info("%s: not memory-mappable (compressed?), read whole", path)
+            volume = da.from_array(read_volume(path), chunks=chunks)
+    else:
+        raise ValueError(f"{path}: unsupported format (use NIfTI .nii/.nii.gz, TIFF .tif/.tiff or OME-Zarr .ome.zarr)")
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: expected a single-channel 3D volume (x, y, z), got shape {tuple(volume.shape)}")
+    return volume, resolve_spacing(path, spacing)
 
 
 def tiff_spacing(path: str | Path) -> tuple[float, float, float] | None:

@@ -127,6 +127,20 @@ def zarr_shape(path: str | Path) -> tuple[int, int, int]:
     return tuple(int(s) for s in open_zarr(path)[0].shape)  # type: ignore[return-value]
 
 
+def open_labels(path: str | Path, name: str = LABELS_NAME):
+    """The full-resolution level of ``path/labels/<name>`` (what ``write_zarr_labels`` writes) as a lazy dask array
+    in (x, y, z) order."""
+    import dask.array as da
+    import zarr
+
+    require_zarr()
+    group = zarr.open_group(str(Path(path) / "labels" / name), mode="r")
+    entry = metadata(group)["multiscales"][0]
+    names = [str(a["name"] if isinstance(a, dict) else a).lower() for a in entry["axes"]]
+    array = da.from_zarr(group[entry["datasets"][0]["path"]])
+    return array.transpose([names.index(a) for a in SPATIAL_AXES])
+
+
 def level_factors(shape_zyx: Sequence[int]) -> list[dict[str, int]]:
     """The y / x halvings of the pyramid: while both stay at least ``MIN_LEVEL_SIZE``."""
     factors, size = [], min(shape_zyx[1], shape_zyx[2])

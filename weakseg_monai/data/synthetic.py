@@ -387,6 +387,80 @@ def generate_stack(
     return _camera(rng, signal, labels > 0, model), labels
 
 
+def write_tiled_stack(
+    image_store,
+    labels_store,
+    seed: int,
+    tile: tuple[int, int, int] = (256, 256, 128),
+    spacing: tuple[float, float, float] = DEFAULT_SPACING,
+    model: NucleusModel = NucleusModel(n_cells=(160, 640), photons=(90.0, 90.0)),
+) -> np.ndarray:
+    """Fill an HL60-like stack of any size tile by tile, never whole in memory: ``image_store`` and
+    ``labels_store`` are writable ``(Z, Y, X)`` arrays (zarr, numpy memmap) of one shape, a whole number of
+    ``tile`` (x, y, z) voxels. Returns the ground-truth boxes ``(N, 6)`` (x, y, z voxels, half-open); object k has
+    label k + 1.
+
+    Each tile places its own nuclei (``model.n_cells`` per tile) and is rendered with a margin from its own and its
+    neighbours' nuclei, so nuclei cross tile borders whole, with one label (a nucleus its neighbours hide entirely
+    keeps its unused id). Photons per voxel and the depth
+    attenuation are the same for the whole stack (``model.photons`` should be a single value), so the tiles differ
+    only in their noise. Why not ``generate_stack`` per tile: its nuclei would be cut at every tile border and its
+    brightness would jump from tile to tile.
+    """
+    rng = np.random.default_rng(seed)
+    spacing_arr = np.asarray(as_spacing(spacing))
+    shape_xyz = np.asarray(labels_store.shape[::-1])
+    tile_arr = np.asarray(tile)
+    grid = shape_xyz // tile_arr
+    if (grid * tile_arr != shape_xyz).any() or (grid < 1).any():
+        raise ValueError(f"stack shape {tuple(shape_xyz)} (x, y, z) is not a whole number of tiles {tuple(tile)}")
+    extent = tile_arr * spacing_arr
+    cells: list[_Cell] = []
+    for index in np.ndindex(*grid):  # placement first: a tile's rendering needs its neighbours' nuclei
+        placed = _place_cells(rng, extent, model, int(rng.integers(model.n_cells[0], model.n_cells[1] + 1)))
+        for cell in placed:
+            cell.centre = cell.centre + np.asarray(index) * extent
+        cells.extend(placed)
+    centres = np.asarray([c.centre for c in cells])
+    reach = max(model.diameter_um) * 0.75 + 3 * max(model.psf_sigma_um)
+    pad = np.ceil(reach / spacing_arr).astype(int)
+    # the default stacks' dimming from top to bottom (``generate_stack``), over this stack's depth
+    depth_ratio = float(shape_xyz[2] * spacing_arr[2]) / (DEFAULT_SHAPE[2] * DEFAULT_SPACING[2])
+    attenuation_um = rng.uniform(40.0, 120.0) * max(1.0, depth_ratio)
+    boxes = np.zeros((len(cells), 6), dtype=np.int64)
+    boxes[:, :3] = np.iinfo(np.int64).max
+    for index in np.ndindex(*grid):
+        lo = np.asarray(index) * tile_arr
+        start, stop = np.maximum(lo - pad, 0), np.minimum(lo + tile_arr + pad, shape_xyz)
+        near = np.nonzero(np.all((centres > (start * spacing_arr - reach)) & (centres < stop * spacing_arr + reach),
+                                 axis=1))[0]
+        local = [_Cell(**{**c.__dict__, "centre": c.centre - start * spacing_arr}) for c in (cells[i] for i in near)]
+        shape = tuple(int(v) for v in stop - start)
+        labels, level, _ = _render_labels(local, shape, spacing_arr)
+        brightness = np.concatenate([[0.0], [c.brightness for c in local]]).astype(np.float32)
+        fine = _smooth_noise(rng, shape, model.texture_um[0] / spacing_arr)
+        coarse = _smooth_noise(rng, shape, model.texture_um[1] / spacing_arr)
+        chromatin = np.clip(1.0 + 0.22 * fine + 0.18 * coarse, 0.3, None)
+        edge = np.sqrt(np.clip((1.0 - np.where(labels > 0, level, 1.0)) / 0.2, 0.0, 1.0))
+        depth = (np.arange(start[2], stop[2]) + 0.5) * spacing_arr[2]
+        signal = brightness[labels] * chromatin * edge * np.exp(-depth / attenuation_um).astype(np.float32)
+        signal += 0.07  # a flat background: a per-tile field would step at the tile borders
+        signal = ndimage.gaussian_filter(signal, sigma=np.asarray(model.psf_sigma_um) / spacing_arr, mode="nearest")
+        image = _camera(rng, signal, labels > 0, model)
+        core = tuple(slice(int(a), int(a + t)) for a, t in zip(lo - start, tile_arr))
+        global_ids = np.concatenate([[0], near + 1]).astype(np.int32)
+        labels = global_ids[labels[core]]
+        region = tuple(slice(int(a), int(a + t)) for a, t in zip(lo, tile_arr))[::-1]
+        image_store[region] = np.ascontiguousarray(image[core].transpose(2, 1, 0))
+        labels_store[region] = np.ascontiguousarray(labels.transpose(2, 1, 0))
+        for k, found in enumerate(ndimage.find_objects(labels), start=1):
+            if found is not None:
+                box = [s.start + int(o) for s, o in zip(found, lo)] + [s.stop + int(o) for s, o in zip(found, lo)]
+                boxes[k - 1, :3] = np.minimum(boxes[k - 1, :3], box[:3])
+                boxes[k - 1, 3:] = np.maximum(boxes[k - 1, 3:], box[3:])
+    return boxes[boxes[:, 3] > 0]  # a nucleus its neighbours hid entirely has no voxel and no box
+
+
 def generate_crop(
     seed: int | list[int],
     shape: tuple[int, int, int],

@@ -1,6 +1,7 @@
 """Inference: one predictor, as a MONAI ``Inferer``, used by evaluation, the inference bundle config and the
 benchmarks; the loader and writer the inference workflow composes around it."""
 
+from weakseg_monai.inference.batch import BatchInference
 from weakseg_monai.inference.inferer import WeakSegInferer, prepare_instance_batch
 from weakseg_monai.inference.predictor import BaselinePredictor, WeakSegPredictor
 from weakseg_monai.inference.writer import (
@@ -14,6 +15,7 @@ from weakseg_monai.inference.writer import (
 
 __all__ = [
     "BaselinePredictor",
+    "BatchInference",
     "LoadInputd",
     "PredictionWriter",
     "WeakSegInferer",

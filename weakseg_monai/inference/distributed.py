@@ -129,21 +129,76 @@ def chunk_tasks(kept: dict[str, np.ndarray], shape_zyx, chunks_zyx, spill: str, 
     return da.block(pieces.tolist())
 
 
+def scheduler_text(scheduler) -> str | None:
+    """``scheduler`` checked: ``None`` (in-process), ``"local:N"`` (N >= 1) or a cluster's address (``tcp://``,
+    ``tls://``, ``inproc://``, ``ucx://``) -- one line naming the id and the three forms otherwise. A ``Client`` is
+    passed through."""
+    if scheduler is None or (isinstance(scheduler, str) and scheduler.strip().lower() in ("", "none", "null")):
+        return None
+    if not isinstance(scheduler, str):
+        return scheduler
+    text = scheduler.strip()
+    if text.startswith("local:") and text[6:].isdigit() and int(text[6:]) >= 1:
+        return text
+    if "://" in text and text.split("://", 1)[0] in ("tcp", "tls", "inproc", "ucx", "ws", "wss"):
+        return text
+    raise ValueError(
+        f"scheduler {scheduler!r}: use null (in this process), 'local:N' (a local cluster of N worker processes) or "
+        "the address of a running dask scheduler, e.g. 'tcp://10.0.0.5:8786'"
+    )
+
+
+def compute_with_progress(tasks: list, client, label: str) -> list:
+    """The results of dask ``tasks``, in order: in this process one after another, on a client as they finish; a
+    progress line (``label: k/n``) at about every tenth."""
+    import dask
+
+    total, step = len(tasks), max(1, len(tasks) // 10)
+    results: list = [None] * total
+    if client is None:
+        for k, task in enumerate(tasks):
+            (results[k],) = dask.compute(task, scheduler="synchronous")
+            if (k + 1) % step == 0 or k + 1 == total:
+                logger.info("%s %d/%d", label, k + 1, total)
+        return results
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    index = {f.key: k for k, f in enumerate(futures)}
+    for done, future in enumerate(as_completed(futures), start=1):
+        results[index[future.key]] = future.result()
+        if done % step == 0 or done == total:
+            logger.info("%s %d/%d", label, done, total)
+    return results
+
+
 @contextlib.contextmanager
-def dask_client(scheduler: str | None):
-    """``None``: no client (dask's default threads in this process); ``local:N``: a LocalCluster of N single-threaded
-    worker processes, closed after; an address: a client of that cluster."""
-    if scheduler is None or str(scheduler).lower() in ("", "none", "null"):
+def dask_client(scheduler):
+    """``None``: no client (tasks run in this process); ``local:N``: a LocalCluster of N single-threaded worker
+    processes, closed after; an address: a client of that cluster; a ``distributed.Client``: that client, left
+    open."""
+    scheduler = scheduler_text(scheduler)
+    if scheduler is None:
         yield None
+        return
+    if not isinstance(scheduler, str):
+        yield scheduler
         return
     from distributed import Client, LocalCluster
 
-    text = str(scheduler)
+    text = scheduler
     if text.startswith("local:"):
         workers = int(text.split(":", 1)[1])
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-            with Client(cluster) as client:
-                yield client
+        quiet = logging.getLogger("distributed")  # its INFO lines (every connection) would drown the progress lines
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                              silence_logs=logging.WARNING) as cluster:
+                with Client(cluster) as client:
+                    yield client
+        finally:
+            quiet.setLevel(level)
     else:
         with Client(text) as client:
             yield client
@@ -158,6 +213,7 @@ def segment_volume(
     block_size: Sequence[int] = (192, 192, 64),
     chunks_zyx: Sequence[int] = (32, 256, 256),
     spill_dir: str | Path | None = None,
+    name: str = "volume",
 ) -> dict[str, np.ndarray]:
     """Segment an ``(X, Y, Z)`` volume (a dask, zarr or numpy array; read block by block) at ``spacing`` µm and write
     its labels to the new OME-Zarr ``out`` (``labels/instances``). Returns the kept objects: ``boxes``, ``scores``,
@@ -166,7 +222,9 @@ def segment_volume(
     ``spill_dir``: where the blocks' mask grids wait between the phases (a temporary folder inside it, removed at the
     end). On a cluster of several machines the workers read the input, write the spill and the output: the input,
     ``out`` and ``spill_dir`` must then be on a filesystem every worker sees. Default: the system's temporary
-    folder. The output is written next to ``out`` and renamed at the end (nothing half-written under its name)."""
+    folder. The output is written next to ``out`` and renamed at the end (nothing half-written under its name).
+    ``scheduler``: ``None``, ``"local:N"``, an address or a ``distributed.Client`` (``dask_client``); ``name``: what
+    the progress lines call the volume."""
     import dask
     import dask.array as da
 
@@ -190,7 +248,8 @@ def segment_volume(
     partial = out.with_name(f".tmp_{out.name}")
     try:
         with dask_client(scheduler) as client:
-            logger.info("%d blocks over %s, scheduler %s", len(blocks), tuple(volume.shape), scheduler or "in-process")
+            where = "in this process" if client is None else f"on {client.scheduler.address}"
+            logger.info("%s: %d blocks over %s voxels, %s", name, len(blocks), tuple(volume.shape), where)
             model = dask.delayed(network) if client is None else client.scatter(network, broadcast=True)
             tasks = [
                 dask.delayed(detect_block)(
@@ -200,7 +259,7 @@ def segment_volume(
             ]
             # in this process one block at a time: torch already uses every core, and memory stays one block's
             run = {"scheduler": "synchronous"} if client is None else {"scheduler": client.get}
-            detections = list(dask.compute(*tasks, **run))
+            detections = compute_with_progress(tasks, client, f"{name}: blocks")
             kept = resolve(detections, network.merge_nms_threshold())
             labels_zyx = chunk_tasks(kept, tuple(int(s) for s in volume.shape[::-1]), chunks_zyx, spill,
                                      float(network.mask_threshold))

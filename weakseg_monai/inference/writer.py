@@ -171,16 +171,7 @@ def save_prediction(
             write_zarr_labels(temporary["instances"], instances, spacing)
         else:
             write_volume(temporary["instances"], instances, spacing, affine=affine)
-        payload = {
-            "image": str(source),
-            "spacing": list(spacing),
-            "axes": "x, y, z (voxels of the input image, half-open boxes [x0, y0, z0, x1, y1, z1])",
-            "boxes": np.round(prediction["boxes"], 2).tolist(),
-            "scores": np.round(prediction["scores"], 4).tolist(),
-            "labels": prediction["labels"].astype(int).tolist(),
-            "instance_values": list(range(1, len(prediction["boxes"]) + 1)),
-        }
-        temporary["boxes"].write_text(json.dumps(payload, indent=4))
+        write_boxes_json(temporary["boxes"], prediction, source, spacing)
         if preview:
             save_preview(
                 temporary["preview"],
@@ -195,6 +186,29 @@ def save_prediction(
         for path in temporary.values():
             remove_path(path)
     return targets
+
+
+def write_boxes_json(path: Path, prediction: dict[str, np.ndarray], source: Path, spacing: Sequence[float]) -> Path:
+    """``NAME_boxes.json``: the boxes (input voxels, x, y, z, half-open), scores and dataset labels of a prediction;
+    instance ``k`` of the label volume has value ``k + 1``."""
+    payload = {
+        "image": str(source),
+        "spacing": list(spacing),
+        "axes": "x, y, z (voxels of the input image, half-open boxes [x0, y0, z0, x1, y1, z1])",
+        "boxes": np.round(prediction["boxes"], 2).tolist(),
+        "scores": np.round(prediction["scores"], 4).tolist(),
+        "labels": np.asarray(prediction["labels"]).astype(int).tolist(),
+        "instance_values": list(range(1, len(prediction["boxes"]) + 1)),
+    }
+    path.write_text(json.dumps(payload, indent=4))
+    return path
+
+
+def failure_table(failed: int, total: int, outcomes: Sequence[tuple[str, str]]) -> str:
+    """The last lines of a run with failures: how many, and a table of every input and what became of it."""
+    rows = "\n".join(f"| {path} | {outcome} |" for path, outcome in outcomes)
+    written = " (the others were written)" if failed < total else ""
+    return f"{failed} of {total} inputs failed{written}:\n| input | result |\n|---|---|\n{rows}"
 
 
 class LoadInputd(MapTransform):
@@ -300,11 +314,7 @@ class PredictionWriter:
         self.restore_signal()
         if self.failures:
             total = len(self.failures) + len(self.summaries)
-            rows = "\n".join(f"| {path} | {outcome} |" for path, outcome in self.outcomes)
-            written = " (the others were written)" if self.summaries else ""
-            raise RuntimeError(
-                f"{len(self.failures)} of {total} inputs failed{written}:\n| input | result |\n|---|---|\n{rows}"
-            )
+            raise RuntimeError(failure_table(len(self.failures), total, self.outcomes))
 
     def exception_raised(self, engine: Engine, err: Exception) -> None:
         self.restore_signal()
@@ -370,6 +380,7 @@ __all__ = [
     "LoadInputd",
     "PredictionWriter",
     "check_output_dir",
+    "failure_table",
     "inference_evaluator",
     "input_items",
     "list_inputs",
@@ -377,4 +388,5 @@ __all__ = [
     "output_stem",
     "run_inference",
     "save_prediction",
+    "write_boxes_json",
 ]
