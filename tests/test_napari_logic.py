@@ -220,6 +220,28 @@ def test_the_reader_opens_volumes_predictions_and_boxes_with_their_spacing(tmp_p
     assert get_reader(str(tmp_path / "notes.txt")) is None
 
 
+def test_the_reader_opens_ome_zarr_images_and_predictions_as_lazy_multiscale_layers(tmp_path):
+    """An OME-Zarr image and our ``NAME_instances.ome.zarr``: multiscale layers whose data stay dask arrays (a volume
+    larger than memory opens), full resolution equal to the volume, scale the spacing reversed."""
+    pytest.importorskip("ome_zarr", reason="the [scale] extra")
+    from weakseg_monai.data.omezarr import write_zarr_labels
+
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 1000, (160, 140, 6)).astype(np.uint16)  # 160 x 140 in-plane: two levels
+    write_volume(tmp_path / "big.ome.zarr", volume, (0.25, 0.5, 2.0))
+    write_zarr_labels(tmp_path / "big_instances.ome.zarr", (volume % 4).astype(np.int32), (0.25, 0.5, 2.0))
+    viewer = ViewerModel()
+    (image,), (labels,) = (open_in(viewer, tmp_path / n) for n in ("big.ome.zarr", "big_instances.ome.zarr"))
+    assert type(image).__name__ == "Image" and type(labels).__name__ == "Labels"
+    assert image.multiscale and labels.multiscale and len(image.data) == len(labels.data) == 2
+    assert type(image.data[0]).__module__.startswith("dask"), "read lazily, not loaded"
+    np.testing.assert_array_equal(axes.from_display(np.asarray(image.data[0])), volume)
+    np.testing.assert_array_equal(axes.from_display(np.asarray(labels.data[0])), volume % 4)
+    for layer in (image, labels):
+        np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.25))
+    assert labels.name == "big instances"
+
+
 def test_segmenting_the_shipped_sample_equals_the_bundle_inference():
     viewer = ViewerModel()
     (image,) = open_in(viewer, SAMPLE)

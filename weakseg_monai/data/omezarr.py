@@ -84,6 +84,13 @@ def transform_scale(entry: dict, n_axes: int) -> list[float]:
 def open_zarr(path: str | Path):
     """``(volume, spacing)``: the full-resolution level as a lazy dask array in (x, y, z) order, and its (x, y, z)
     spacing in µm."""
+    levels, spacing = open_zarr_levels(path)
+    return levels[0], spacing
+
+
+def open_zarr_levels(path: str | Path):
+    """``(levels, spacing)``: every resolution level (full resolution first) as lazy dask arrays in (x, y, z)
+    order, and the full-resolution (x, y, z) spacing in µm (what a multiscale napari layer takes)."""
     import dask.array as da
 
     path = Path(path)
@@ -92,26 +99,28 @@ def open_zarr(path: str | Path):
     names = [str(a["name"]).lower() for a in axes]
     if not set(SPATIAL_AXES) <= set(names):
         raise ValueError(f"{path}: axes {names} lack one of x, y, z (a 3D volume is needed)")
+    levels = []
+    for dataset in multiscales["datasets"]:
+        array = da.from_zarr(group[dataset["path"]])
+        index = []
+        for name, size in zip(names, array.shape):
+            if name in SPATIAL_AXES:
+                index.append(slice(None))
+            elif size == 1:
+                index.append(0)
+            else:
+                raise ValueError(
+                    f"{path}: axis {name!r} has {size} entries; a volume is one channel at one time point (split it)"
+                )
+        spatial = [n for n in names if n in SPATIAL_AXES]
+        levels.append(array[tuple(index)].transpose([spatial.index(a) for a in SPATIAL_AXES]))
     dataset = multiscales["datasets"][0]
-    array = da.from_zarr(group[dataset["path"]])
     scale = np.asarray(transform_scale(dataset, len(names)))
     scale = scale * np.asarray(transform_scale(multiscales, len(names)))  # NGFF: a multiscales-wide transform too
-    index = []
-    for name, size in zip(names, array.shape):
-        if name in SPATIAL_AXES:
-            index.append(slice(None))
-        elif size == 1:
-            index.append(0)
-        else:
-            raise ValueError(
-                f"{path}: axis {name!r} has {size} entries; a volume is one channel at one time point (split it)"
-            )
-    spatial = [n for n in names if n in SPATIAL_AXES]
-    volume = array[tuple(index)].transpose([spatial.index(a) for a in SPATIAL_AXES])
     spacing = [
         float(scale[names.index(a)]) * um_per_unit(axes[names.index(a)].get("unit") or UNIT, path) for a in SPATIAL_AXES
     ]
-    return volume, as_spacing(spacing)
+    return levels, as_spacing(spacing)
 
 
 def read_zarr_xyz(path: str | Path) -> np.ndarray:

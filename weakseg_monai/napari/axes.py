@@ -19,6 +19,15 @@ def to_display(volume_xyz: np.ndarray) -> np.ndarray:
     return assert_volume_3d(np.asarray(volume_xyz), "volume").transpose(2, 1, 0)
 
 
+def levels_to_display(levels_xyz: Sequence) -> list:
+    """Resolution levels (x, y, z; dask arrays, full resolution first) as a multiscale layer's (z, y, x) data, lazily
+    (nothing is read: napari reads the chunks it shows)."""
+    for level in levels_xyz:
+        if level.ndim != 3:
+            raise ValueError(f"expected 3D (x, y, z) levels, got shape {tuple(level.shape)}")
+    return [level.transpose(2, 1, 0) for level in levels_xyz]
+
+
 def from_display(volume_zyx: np.ndarray) -> np.ndarray:
     """A (z, y, x) layer's data back in our (x, y, z) order (a view)."""
     return assert_volume_3d(np.asarray(volume_zyx), "layer data").transpose(2, 1, 0)

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from weakseg_monai.napari.axes import points_to_display, scale_from_spacing, spacing_from_scale, to_display
+from weakseg_monai.napari.axes import (
+    levels_to_display,
+    points_to_display,
+    scale_from_spacing,
+    spacing_from_scale,
+    to_display,
+)
 from weakseg_monai.napari.boxes import WeakBoxes, rectangles
 
 META = "weakseg"
@@ -75,6 +81,24 @@ def labels_layer(
             "metadata": {META: {"role": role, "id": item_id, "spacing": list(spacing), **meta}},
         },
         "labels",
+    )
+
+
+def multiscale_layer(
+    levels_xyz: Sequence, spacing: Sequence[float], item_id: str, kind: str, role: str, **meta: Any
+) -> LayerDataTuple:
+    """Lazy resolution levels (x, y, z, full resolution first; an OME-Zarr volume) as a multiscale ``kind``
+    ("image" or "labels") layer: napari reads only the chunks on screen, so a volume larger than memory opens."""
+    name = item_id if kind == "image" else f"{item_id} {role}"
+    return (
+        levels_to_display(levels_xyz),
+        {
+            "name": name,
+            "scale": scale_from_spacing(spacing),
+            "multiscale": True,
+            "metadata": {META: {"role": role, "id": item_id, "spacing": list(spacing), **meta}},
+        },
+        kind,
     )
 
 

@@ -2,6 +2,9 @@
 
 - a NIfTI / TIFF volume -> an Image layer (spacing by the project's rule: NIfTI header, TIFF ImageJ / OME metadata,
   else 1 µm with a warning);
+- an OME-Zarr volume (``NAME.ome.zarr``, the ``[scale]`` extra) -> a multiscale Image layer, read lazily (napari
+  reads the chunks on screen: volumes larger than memory open); our ``NAME_instances.ome.zarr`` -> a multiscale
+  Labels layer of its ``labels/instances``;
 - ``NAME_instances.*`` (our predictions) -> a Labels layer;
 - ``NAME_boxes.json`` (what inference writes) -> a boxes layer of the predicted boxes;
 - a dataset folder or its ``datalist.json`` -> per item its image, ground truth (hidden), mask and boxes layers,
@@ -23,14 +26,16 @@ from weakseg_monai.data.io import (
     PREDICTION_SUFFIX,
     VOLUME_SUFFIXES,
     is_nifti,
+    is_zarr,
     nifti_affine,
     read_volume,
     resolve_spacing,
     volume_shape,
     volume_stem,
 )
+from weakseg_monai.data.omezarr import open_zarr_levels
 from weakseg_monai.napari.boxes import WeakBoxes
-from weakseg_monai.napari.layers import LayerDataTuple, boxes_layer, image_layer, labels_layer
+from weakseg_monai.napari.layers import LayerDataTuple, boxes_layer, image_layer, labels_layer, multiscale_layer
 
 logger = logging.getLogger(__name__)
 ITEM_FIELDS = ("id", "image", "box", "label", "mask", "mask_annotated", "spacing", "gt_instances")
@@ -43,6 +48,8 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
 
 
 def _readable(path: Path) -> bool:
+    if is_zarr(path):
+        return path.is_dir()
     if path.is_dir():
         return (path / DATALIST_NAME).is_file()
     name = path.name.lower()
@@ -58,6 +65,8 @@ def read_paths(path: str | list[str]) -> list[LayerDataTuple]:
 
 
 def read_path(path: Path) -> list[LayerDataTuple]:
+    if is_zarr(path):
+        return [read_zarr_layer(path)]
     if path.is_dir() or path.name.lower() == DATALIST_NAME:
         return read_dataset(path)
     if path.name.lower().endswith(BOXES_SUFFIX):
@@ -82,6 +91,17 @@ def read_volume_layer(path: Path) -> LayerDataTuple:
         return labels_layer(array, spacing, stem[: -len(PREDICTION_SUFFIX)], "instances", source=str(path))
     affine = nifti_affine(path).tolist() if is_nifti(path) else None
     return image_layer(array, spacing, stem, source=str(path), affine=affine)
+
+
+def read_zarr_layer(path: Path) -> LayerDataTuple:
+    """An OME-Zarr image as a multiscale Image layer; our ``NAME_instances.ome.zarr`` as a multiscale Labels layer
+    (both lazy)."""
+    levels, spacing = open_zarr_levels(path)
+    stem = volume_stem(path)
+    if stem.endswith(PREDICTION_SUFFIX):
+        return multiscale_layer(levels, spacing, stem[: -len(PREDICTION_SUFFIX)], "labels", "instances",
+                                source=str(path))
+    return multiscale_layer(levels, spacing, stem, "image", "image", source=str(path))
 
 
 def read_boxes_json(path: Path) -> LayerDataTuple:
