@@ -13,6 +13,10 @@ Image layers.) It opens the shipped sample (``bundle/sample/sample_000.nii.gz``)
 - **Train**: the annotated sample saved with Save as weak dataset, the widget training on it through the bundle's
   train workflow, taken mid-run (iteration and loss shown), then stopped with its Stop.
 
+With ``--scale-out IMAGE LABELS`` it takes only ``napari_scale_out.png``: an OME-Zarr stack and its
+``NAME_instances.ome.zarr`` (``scripts/benchmark_scale.py`` writes both) opened lazily by the plugin's reader as
+multiscale layers, at the middle slice.
+
 Each PNG is the whole window (``viewer.screenshot(canvas_only=False)``), quantised to 256 colours (< 300 KB).
 Needs the source checkout with the ``[napari]`` extra (the shipped model and ``train.json`` live in ``bundle/``).
 """
@@ -116,10 +120,29 @@ def annotate_sample(viewer, image) -> int:
     return z
 
 
+def scale_out_shot(viewer, get_reader, image_path: Path, labels_path: Path, out: Path) -> None:
+    """A large OME-Zarr stack and its predicted labels, both lazy multiscale layers, at the middle slice, zoomed
+    to the central quarter so that single nuclei show."""
+    for path in (image_path, labels_path):
+        for data, kwargs, kind in get_reader(str(path))(str(path)):
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+    image = viewer.layers[0]
+    viewer.dims.set_point(0, image.data[0].shape[0] // 2 * image.scale[0])
+    settle(viewer)
+    viewer.camera.zoom *= 2
+    wait_for(lambda: True)
+    time.sleep(2)  # the chunks on screen load asynchronously
+    wait_for(lambda: True)
+    print(out, save_png(viewer, out), "bytes")
+    viewer.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "docs", help="folder for napari_*.png")
     parser.add_argument("--iterations", type=int, default=20, help="the Train widget's run (stopped after 3)")
+    parser.add_argument("--scale-out", type=Path, nargs=2, metavar=("IMAGE", "LABELS"),
+                        help="only the OME-Zarr shot: a stack and its NAME_instances.ome.zarr")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="weakseg_napari_"))
@@ -132,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
 
     viewer = napari.Viewer(title="weakseg-monai", show=True)
     viewer.window.resize(*WINDOW)
+    if args.scale_out:
+        scale_out_shot(viewer, get_reader, *args.scale_out, args.out / "napari_scale_out.png")
+        return
     for data, kwargs, kind in get_reader(str(SAMPLE))(str(SAMPLE)):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     image = viewer.layers["sample_000"]

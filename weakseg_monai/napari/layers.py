@@ -90,16 +90,16 @@ def multiscale_layer(
     """Lazy resolution levels (x, y, z, full resolution first; an OME-Zarr volume) as a multiscale ``kind``
     ("image" or "labels") layer: napari reads only the chunks on screen, so a volume larger than memory opens."""
     name = item_id if kind == "image" else f"{item_id} {role}"
-    return (
-        levels_to_display(levels_xyz),
-        {
-            "name": name,
-            "scale": scale_from_spacing(spacing),
-            "multiscale": True,
-            "metadata": {META: {"role": role, "id": item_id, "spacing": list(spacing), **meta}},
-        },
-        kind,
-    )
+    kwargs = {
+        "name": name,
+        "scale": scale_from_spacing(spacing),
+        "multiscale": True,
+        "metadata": {META: {"role": role, "id": item_id, "spacing": list(spacing), **meta}},
+    }
+    if kind == "image":  # the contrast our previews use, from the smallest level (napari's default is the dtype range)
+        low, high = np.percentile(np.asarray(levels_xyz[-1]), (1.0, 99.8))
+        kwargs["contrast_limits"] = (float(low), float(max(high, low + 1e-6)))
+    return levels_to_display(levels_xyz), kwargs, kind
 
 
 def box_view(
