@@ -94,6 +94,7 @@ def segment_large_stack(
     preview: bool,
     client,
     block_size: Sequence[int],
+    spill_dir: str | None = None,
 ) -> dict:
     """A stack larger than memory: ``segment_volume`` block by block on ``client`` (None: in this process), labels
     to ``NAME_instances.ome.zarr`` (or, for a NIfTI / TIFF stack, to its own format), boxes JSON, a preview from a
@@ -107,7 +108,7 @@ def segment_large_stack(
         remove_path(staging)  # left by an interrupted run
     start = time.perf_counter()
     found = segment_volume(network, volume, spacing_um, staging, scheduler=client, block_size=block_size,
-                           name=path.name)
+                           spill_dir=spill_dir, name=path.name)
     seconds = time.perf_counter() - start
     from weakseg_monai.data.omezarr import open_labels
 
@@ -155,6 +156,8 @@ class BatchInference:
         preview: write ``NAME_preview.png``.
         max_whole_voxels, block_size, sw_roi_size, sw_overlap, sw_batch_size: the predictor's (``WeakSegPredictor``).
         max_memory_voxels: stacks with more voxels than this go blockwise on dask, never read whole.
+        spill_dir: where their blocks' masks wait between the two phases (default: the system's temporary folder);
+            on a cluster of several machines, a folder every worker sees (as the inputs and ``output_dir``).
         device: where the network runs in this process (workers use their CPU).
     """
 
@@ -170,6 +173,7 @@ class BatchInference:
         max_whole_voxels: int = 4_000_000,
         block_size: Sequence[int] = (192, 192, 64),
         max_memory_voxels: int = MAX_MEMORY_VOXELS,
+        spill_dir: str | Path | None = None,
         sw_roi_size: Sequence[int] = (128, 128, 32),
         sw_overlap: float = 0.25,
         sw_batch_size: int = 2,
@@ -184,6 +188,7 @@ class BatchInference:
         self.preview = as_flag(preview, "preview")
         self.max_memory_voxels = as_count(max_memory_voxels, "max_memory_voxels")
         self.block_size = as_size(block_size, "block_size")
+        self.spill_dir = None if spill_dir is None else str(spill_dir)
         self.predictor_kwargs = {
             "max_whole_voxels": as_count(max_whole_voxels, "max_whole_voxels"),
             "block_size": self.block_size,
@@ -222,7 +227,7 @@ class BatchInference:
             for path in large:
                 try:
                     result = segment_large_stack(network, path, self.output_dir, self.spacing, self.preview, client,
-                                                 self.block_size)
+                                                 self.block_size, self.spill_dir)
                 except (OSError, ValueError, RuntimeError, MemoryError) as err:
                     result = err
                 failed += self.record(path, result, outcomes, len(inputs))
