@@ -6,8 +6,9 @@ Steps (each cached in ``--work``; ``--only`` picks some):
 - ``generate``: the stack (default 2048 x 2048 x 128 voxels at 0.5 x 0.5 x 1.0 µm) written tile by tile
   (``write_tiled_stack``) into an OME-Zarr image and a plain Zarr of its ground-truth labels, never whole in memory.
 - ``null`` / ``local2``: ``segment_volume`` in a fresh process; wall time, voxels/s and the peak RSS (VmHWM) of
-  every process: the client (with ``local:2`` also the scheduler, which a LocalCluster runs in the client's
-  process), each nanny and each worker.
+  every process: the client (with ``local:2`` also the scheduler and the nannies, which a LocalCluster runs in the
+  client's process) and each worker. ``tensorflow`` is kept out of every process: it is no dependency of ours, but
+  where it is installed (the dev environment has it for StarDist) MONAI's tensorboard import pulls it in, +0.4 GB.
 - ``score``: in a separate process, Det F1 of the label boxes (read chunk by chunk from the output) against the
   ground-truth boxes (box IoU > 0.4, one-to-one, greedy by IoU), matched tile by tile.
 - ``ratio``: voxels/s of ``segment_volume`` (in this process) against the in-memory predictor
@@ -67,10 +68,16 @@ def generate(work: Path, shape: tuple[int, int, int], seed: int) -> None:
           f"(peak {vmhwm_gb()[1]:.2f} GB)")
 
 
+def no_tensorflow() -> None:
+    """Keep ``tensorflow`` out of this process (imports of it fail; MONAI's optional imports go on without it)."""
+    sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]
+
+
 def child(mode: str, work: Path, block: list[int]) -> dict:
     """One run of ``segment_volume`` (this is a fresh process)."""
     import shutil
 
+    no_tensorflow()
     import torch
 
     from weakseg_monai.data.omezarr import open_zarr
@@ -93,6 +100,7 @@ def child(mode: str, work: Path, block: list[int]) -> dict:
 
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             with Client(cluster) as client:
+                client.run(no_tensorflow)
                 start = time.perf_counter()
                 found = segment_volume(network, volume, spacing, out, scheduler=client, block_size=block)
                 row["seconds"] = time.perf_counter() - start

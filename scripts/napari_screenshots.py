@@ -122,14 +122,14 @@ def annotate_sample(viewer, image) -> int:
 
 def scale_out_shot(viewer, get_reader, image_path: Path, labels_path: Path, out: Path) -> None:
     """A large OME-Zarr stack and its predicted labels, both lazy multiscale layers, at the middle slice, zoomed
-    to the central quarter so that single nuclei show."""
+    4x into the centre so that single nuclei show."""
     for path in (image_path, labels_path):
         for data, kwargs, kind in get_reader(str(path))(str(path)):
             getattr(viewer, f"add_{kind}")(data, **kwargs)
     image = viewer.layers[0]
     viewer.dims.set_point(0, image.data[0].shape[0] // 2 * image.scale[0])
     settle(viewer)
-    viewer.camera.zoom *= 2
+    viewer.camera.zoom *= 4
     wait_for(lambda: True)
     time.sleep(2)  # the chunks on screen load asynchronously
     wait_for(lambda: True)

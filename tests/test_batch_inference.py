@@ -76,14 +76,17 @@ def test_a_local_cluster_segments_every_stack_and_tables_the_one_that_fails(tmp_
 
 def test_a_stack_above_the_memory_limit_runs_blockwise_on_dask_and_keeps_its_format(tmp_path):
     """``max_memory_voxels`` below the sample's size: the NIfTI is read lazily, segmented by ``segment_volume`` in
-    this process and written back as NIfTI with its boxes and preview: the labels ``segment_volume`` gives."""
+    this process and written back as NIfTI with its boxes and preview: the labels ``segment_volume`` gives; the same
+    stack as OME-Zarr gives the same labels as ``NAME_instances.ome.zarr``."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(SAMPLE, inputs / "big.nii.gz")
+    image = read_volume(SAMPLE).astype(np.float32)
+    write_volume(inputs / "bigz.ome.zarr", image, resolve_spacing(SAMPLE))
     block = [96, 96, 32]
     run_inference_json(inputs, tmp_path / "out", max_memory_voxels=1000, block_size=block)
     labels = read_volume(tmp_path / "out" / "big_instances.nii.gz")
-    image = read_volume(SAMPLE).astype(np.float32)
+    assert same_labels(read_volume(tmp_path / "out" / "bigz_instances.ome.zarr"), labels), "OME-Zarr in and out"
     written = nib.load(str(tmp_path / "out" / "big_instances.nii.gz"))
     assert labels.shape == image.shape and written.get_data_dtype() == np.uint16
     np.testing.assert_allclose(written.affine, nib.load(str(SAMPLE)).affine)

@@ -21,6 +21,7 @@ batches, no metrics) and would not pickle; the writer's pieces (``load_input``, 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ from weakseg_monai.data.io import (
     volume_shape,
     write_volume,
 )
+from weakseg_monai.data.omezarr import open_labels
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.distributed import dask_client, scheduler_text, segment_volume
 from weakseg_monai.inference.predictor import WeakSegPredictor, scale_mismatch
@@ -101,37 +103,37 @@ def segment_large_stack(
     subsample."""
     volume, spacing_um = lazy_volume(path, spacing)
     stem = output_stem(path)
-    zarr_out = output_dir / f"{stem}_instances.ome.zarr"
-    target = zarr_out if is_zarr(path) else output_dir / f"{stem}_instances{'.nii.gz' if is_nifti(path) else '.tif'}"
-    staging = zarr_out if is_zarr(path) else output_dir / f".tmp_{stem}_instances.ome.zarr"
-    if staging != zarr_out:
-        remove_path(staging)  # left by an interrupted run
+    suffix = ".ome.zarr" if is_zarr(path) else ".nii.gz" if is_nifti(path) else ".tif"
+    target = output_dir / f"{stem}_instances{suffix}"
+    # written beside the target and renamed at the end: an earlier result stays until this one is whole
+    staging = output_dir / f".tmp_{os.getpid()}_{stem}_instances.ome.zarr"
+    remove_path(staging)
     start = time.perf_counter()
-    found = segment_volume(network, volume, spacing_um, staging, scheduler=client, block_size=block_size,
-                           spill_dir=spill_dir, name=path.name)
-    seconds = time.perf_counter() - start
-    from weakseg_monai.data.omezarr import open_labels
-
-    labels = open_labels(target if staging == zarr_out else staging)
     try:
-        if staging != zarr_out:
-            partial = target.with_name(f".tmp_{target.name}")
+        found = segment_volume(network, volume, spacing_um, staging, scheduler=client, block_size=block_size,
+                               spill_dir=spill_dir, name=path.name)
+        seconds = time.perf_counter() - start
+        labels = open_labels(staging)
+        prediction = {k: found[k] for k in ("boxes", "scores", "labels")}
+        write_boxes_json(output_dir / f"{stem}{BOXES_SUFFIX}", prediction, path, spacing_um)
+        if preview:
+            step = [max(1, int(np.ceil(s / PREVIEW_SIDE))) for s in volume.shape]
+            index = tuple(slice(None, None, k) for k in step)
+            every = "" if step == [1, 1, 1] else f" (every {' x '.join(map(str, step))} voxels)"
+            save_preview(output_dir / f"{stem}_preview.png", np.asarray(volume[index].compute()),
+                         np.asarray(labels[index].compute()), [s * k for s, k in zip(spacing_um, step)],
+                         f"{stem}: {len(found['boxes'])} instances{every}")
+        if is_zarr(path):
+            replace_path(staging, target)
+        else:
+            partial = target.with_name(f".tmp_{os.getpid()}_{target.name}")
             affine = nifti_affine(path) if is_nifti(path) else None
             array = np.asarray(labels.compute())
             write_volume(partial, array.astype(np.uint16) if array.max(initial=0) < 65536 else array, spacing_um,
                          affine=affine)
             replace_path(partial, target)
-        prediction = {k: found[k] for k in ("boxes", "scores", "labels")}
-        write_boxes_json(output_dir / f"{stem}{BOXES_SUFFIX}", prediction, path, spacing_um)
-        if preview:
-            step = [max(1, int(np.ceil(s / PREVIEW_SIDE))) for s in volume.shape[:2]] + [1]
-            index = tuple(slice(None, None, k) for k in step)
-            save_preview(output_dir / f"{stem}_preview.png", np.asarray(volume[index].compute()),
-                         np.asarray(labels[index].compute()), [s * k for s, k in zip(spacing_um, step)],
-                         f"{stem}: {len(found['boxes'])} instances (every {step[0]}th voxel in x, y)")
     finally:
-        if staging != zarr_out:
-            remove_path(staging)
+        remove_path(staging)
     return {
         "image": str(path),
         "instances": int(len(found["boxes"])),

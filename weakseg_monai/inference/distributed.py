@@ -24,6 +24,7 @@ a sample of blocks above.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import shutil
 import tempfile
@@ -51,18 +52,37 @@ from weakseg_monai.transforms.input_rule import InputRule
 
 logger = logging.getLogger(__name__)
 
-EXACT_PERCENTILE_VOXELS = 64_000_000  # up to this many voxels, percentiles over the whole volume
+EXACT_PERCENTILE_VOXELS = 16_000_000  # up to this many voxels, percentiles over the whole volume
 SAMPLE_BLOCKS = 16  # above: over this many evenly spread blocks
+SAMPLE_VOXELS = 500_000  # of each of which at most about this many voxels (a regular sub-grid)
 
 
 def intensity_range(volume, rule: InputRule, block: Sequence[int]) -> tuple[float, float]:
     """The volume's ``(low, high)`` percentiles of the model's rule: exact up to ``EXACT_PERCENTILE_VOXELS``, else
-    from ``SAMPLE_BLOCKS`` blocks of ``block`` voxels spread over it."""
+    from ``SAMPLE_BLOCKS`` blocks of ``block`` voxels spread over it, each on a regular sub-grid of about
+    ``SAMPLE_VOXELS`` (``np.percentile`` works on a float64 copy: 16 whole blocks of 192 x 192 x 64 took 0.6 GB)."""
     if int(np.prod(volume.shape)) <= EXACT_PERCENTILE_VOXELS:
         return rule.intensity_range(np.asarray(volume))
     blocks = plan_blocks(volume.shape, block, (0, 0, 0))
     chosen = [blocks[i] for i in np.linspace(0, len(blocks) - 1, min(SAMPLE_BLOCKS, len(blocks))).astype(int)]
-    return rule.intensity_range(np.concatenate([np.asarray(volume[b.slices()]).ravel() for b in chosen]))
+    samples = []
+    for b in chosen:
+        region = np.asarray(volume[b.slices()])
+        step = max(1, int(round((region.size / SAMPLE_VOXELS) ** (1 / 3))))
+        samples.append(region[::step, ::step, ::step].ravel())
+    return rule.intensity_range(np.concatenate(samples))
+
+
+def release_freed_memory() -> None:
+    """Hand the memory a finished block freed back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    Why: blocks of different sizes leave glibc's heap fragmented, and without this the resident memory of a process
+    grew with the number of blocks it ran (1024 x 1024 x 128 voxels, 192 x 192 x 64 blocks: peak 2.2 GB vs 1.6 GB
+    for a quarter of it), not with the block size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator returns memory its own way
+        pass
 
 
 def detect_block(
@@ -74,6 +94,9 @@ def detect_block(
     grown, before, after = pads
     found = predict_block(network, mirror_faces(np.asarray(region), before, after), grown, zoom, intensity)
     np.savez(Path(spill) / f"block_{index}.npz", *[m.numpy() for m in found["masks"]])
+    masks = found.pop("masks")
+    del masks
+    release_freed_memory()
     return {
         "boxes": found["boxes"].numpy(),
         "frames": found["frames"].numpy(),
