@@ -88,13 +88,20 @@ def open_zarr(path: str | Path):
     return levels[0], spacing
 
 
-def open_zarr_levels(path: str | Path):
+def open_zarr_levels(path: str | Path, labels: str | None = None):
     """``(levels, spacing)``: every resolution level (full resolution first) as lazy dask arrays in (x, y, z)
-    order, and the full-resolution (x, y, z) spacing in µm (what a multiscale napari layer takes)."""
+    order, and the full-resolution (x, y, z) spacing in µm (what a multiscale napari layer takes). ``labels``: the
+    label image ``path/labels/<labels>`` instead of the image."""
     import dask.array as da
+    import zarr
 
     path = Path(path)
-    group, multiscales = multiscales_group(path)
+    if labels is None:
+        group, multiscales = multiscales_group(path)
+    else:
+        require_zarr()
+        group = zarr.open_group(str(path / "labels" / labels), mode="r")
+        multiscales = metadata(group)["multiscales"][0]
     axes = [a if isinstance(a, dict) else {"name": a} for a in multiscales["axes"]]
     names = [str(a["name"]).lower() for a in axes]
     if not set(SPATIAL_AXES) <= set(names):
@@ -139,15 +146,7 @@ def zarr_shape(path: str | Path) -> tuple[int, int, int]:
 def open_labels(path: str | Path, name: str = LABELS_NAME):
     """The full-resolution level of ``path/labels/<name>`` (what ``write_zarr_labels`` writes) as a lazy dask array
     in (x, y, z) order."""
-    import dask.array as da
-    import zarr
-
-    require_zarr()
-    group = zarr.open_group(str(Path(path) / "labels" / name), mode="r")
-    entry = metadata(group)["multiscales"][0]
-    names = [str(a["name"] if isinstance(a, dict) else a).lower() for a in entry["axes"]]
-    array = da.from_zarr(group[entry["datasets"][0]["path"]])
-    return array.transpose([names.index(a) for a in SPATIAL_AXES])
+    return open_zarr_levels(path, labels=name)[0][0]
 
 
 def level_factors(shape_zyx: Sequence[int]) -> list[dict[str, int]]:

@@ -43,7 +43,7 @@ from weakseg_monai.data.io import (
 )
 from weakseg_monai.data.omezarr import open_labels
 from weakseg_monai.data.preview import save_preview
-from weakseg_monai.inference.distributed import dask_client, scheduler_text, segment_volume
+from weakseg_monai.inference.distributed import checked_scheduler, dask_client, segment_volume
 from weakseg_monai.inference.predictor import WeakSegPredictor, scale_mismatch
 from weakseg_monai.inference.writer import (
     check_output_dir,
@@ -185,7 +185,7 @@ class BatchInference:
         self.ckpt_path = Path(str(ckpt_path))
         self.input_path = input_path
         self.output_dir = Path(str(output_dir))
-        self.scheduler = scheduler_text(scheduler)
+        self.scheduler = checked_scheduler(scheduler)
         self.spacing = None if spacing is None else as_spacing(spacing)
         self.preview = as_flag(preview, "preview")
         self.max_memory_voxels = as_count(max_memory_voxels, "max_memory_voxels")

@@ -94,8 +94,7 @@ def detect_block(
     grown, before, after = pads
     found = predict_block(network, mirror_faces(np.asarray(region), before, after), grown, zoom, intensity)
     np.savez(Path(spill) / f"block_{index}.npz", *[m.numpy() for m in found["masks"]])
-    masks = found.pop("masks")
-    del masks
+    del found["masks"]
     release_freed_memory()
     return {
         "boxes": found["boxes"].numpy(),
@@ -152,7 +151,7 @@ def chunk_tasks(kept: dict[str, np.ndarray], shape_zyx, chunks_zyx, spill: str, 
     return da.block(pieces.tolist())
 
 
-def scheduler_text(scheduler) -> str | None:
+def checked_scheduler(scheduler) -> str | None:
     """``scheduler`` checked: ``None`` (in-process), ``"local:N"`` (N >= 1) or a cluster's address (``tcp://``,
     ``tls://``, ``inproc://``, ``ucx://``) -- one line naming the id and the three forms otherwise. A ``Client`` is
     passed through."""
@@ -200,7 +199,7 @@ def dask_client(scheduler):
     """``None``: no client (tasks run in this process); ``local:N``: a LocalCluster of N single-threaded worker
     processes, closed after; an address: a client of that cluster; a ``distributed.Client``: that client, left
     open."""
-    scheduler = scheduler_text(scheduler)
+    scheduler = checked_scheduler(scheduler)
     if scheduler is None:
         yield None
         return
