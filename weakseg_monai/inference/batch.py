@@ -47,6 +47,7 @@ from weakseg_monai.inference.distributed import checked_scheduler, dask_client, 
 from weakseg_monai.inference.predictor import WeakSegPredictor, scale_mismatch
 from weakseg_monai.inference.writer import (
     check_output_dir,
+    failure_outcome,
     failure_table,
     list_inputs,
     load_input,
@@ -221,18 +222,18 @@ class BatchInference:
         network = unwrap(load_model(self.ckpt_path, "cpu" if self.scheduler is not None else self.device)).eval()
         outcomes: dict[str, str] = {}
         self.summaries = []
-        failed = 0
         with dask_client(self.scheduler) as client:
             small = [p for p in inputs if p not in large]
             for path, result in self.run_small(network, small, client):
-                failed += self.record(path, result, outcomes, len(inputs))
+                self.record(path, result, outcomes, len(inputs))
             for path in large:
                 try:
                     result = segment_large_stack(network, path, self.output_dir, self.spacing, self.preview, client,
                                                  self.block_size, self.spill_dir)
                 except (OSError, ValueError, RuntimeError, MemoryError) as err:
                     result = err
-                failed += self.record(path, result, outcomes, len(inputs))
+                self.record(path, result, outcomes, len(inputs))
+        failed = len(inputs) - len(self.summaries)
         if failed:
             raise RuntimeError(failure_table(failed, len(inputs), [(str(p), outcomes[str(p)]) for p in inputs]))
         return self.summaries
@@ -260,21 +261,19 @@ class BatchInference:
             except Exception as err:  # noqa: BLE001 (a worker's error of any type fails that stack only)
                 yield futures[future], err
 
-    def record(self, path: Path, result, outcomes: dict[str, str], total: int) -> int:
-        """Log one finished stack (``[k/n]``) and keep its outcome; 1 if it failed."""
+    def record(self, path: Path, result, outcomes: dict[str, str], total: int) -> None:
+        """Log one finished stack (``[k/n]``) and keep its outcome (``FAILED: ...`` for an exception)."""
         number = f"[{len(outcomes) + 1}/{total}]"
         if isinstance(result, BaseException):
-            message = str(result) if str(path) in str(result) else f"{path}: {result}"
+            message, outcomes[str(path)] = failure_outcome(path, str(result))
             logger.error("%s %s", number, message)
-            outcomes[str(path)] = f"FAILED: {str(result).replace(str(path) + ': ', '')}"
-            return 1
+            return
         if result.get("warning"):
             logger.warning("%s: %s", path, result["warning"])
         logger.info("%s %s: %d instances in %.1f s -> %s", number, path.name, result["instances"], result["seconds"],
                     result["output"])
         outcomes[str(path)] = f"{result['instances']} instances -> {result['output']}"
         self.summaries.append({k: result[k] for k in ("image", "instances", "seconds")})
-        return 0
 
 
 __all__ = ["BatchInference", "MAX_MEMORY_VOXELS", "segment_large_stack", "segment_stack"]

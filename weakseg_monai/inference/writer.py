@@ -204,6 +204,13 @@ def write_boxes_json(path: Path, prediction: dict[str, np.ndarray], source: Path
     return path
 
 
+def failure_outcome(path: str | Path, error: str) -> tuple[str, str]:
+    """``(log message, table cell)`` of an input that failed: the message names the path once, the cell (beside the
+    path's own column) not at all."""
+    message = error if str(path) in error else f"{path}: {error}"
+    return message, f"FAILED: {error.replace(str(path) + ': ', '')}"
+
+
 def failure_table(failed: int, total: int, outcomes: Sequence[tuple[str, str]]) -> str:
     """The last lines of a run with failures: how many, and a table of every input and what became of it."""
     rows = "\n".join(f"| {path} | {outcome} |" for path, outcome in outcomes)
@@ -292,10 +299,10 @@ class PredictionWriter:
                 except (OSError, ValueError, RuntimeError) as err:
                     error = str(err)
             if error:
-                message = error if str(path) in error else f"{path}: {error}"  # no path twice
+                message, outcome = failure_outcome(path, error)
                 logger.error("%s %s", number, message)
                 self.failures.append(message)
-                self.outcomes.append((str(path), f"FAILED: {error.replace(str(path) + ': ', '')}"))
+                self.outcomes.append((str(path), outcome))
                 continue
             warning = scale_mismatch(pred["boxes"], item["spacing"], unwrap(engine.network))
             if warning:
@@ -380,6 +387,7 @@ __all__ = [
     "LoadInputd",
     "PredictionWriter",
     "check_output_dir",
+    "failure_outcome",
     "failure_table",
     "inference_evaluator",
     "input_items",
