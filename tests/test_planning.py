@@ -252,9 +252,15 @@ def test_anchors_cover_the_face_cut_objects_of_a_crop_and_the_plan_table_says_so
     assert torch.equal(model.eval().network(x)["cls_logits"], trained.eval().network(x)["cls_logits"])
 
 
-def test_working_grids_are_whole_detection_strides_when_that_moves_a_size_little():
+def test_working_grids_round_to_the_nearest_voxel_whatever_the_spacings_last_bits():
     from weakseg_monai.transforms.dictionary import aligned_size, working_shape
 
-    assert aligned_size(67, 4) == 68 and aligned_size(61, 4) == 60 and aligned_size(3, 2) == 3  # 4 is 33% off
     shape, zoom = working_shape((67, 61, 31), (1.0, 1.0, 2.0), (1.0, 1.0, 2.0))
-    assert shape.tolist() == [68, 60, 32] and np.allclose(zoom, [68 / 67, 60 / 61, 32 / 31])
+    assert shape.tolist() == [67, 61, 31] and np.allclose(zoom, 1.0)  # no stretching to the detection stride
+    # a tie (25 x 0.46 / 0.92 = 12.5) rounds up from the float64 spacing and from its float32 copy alike
+    for spacing in ((1.196, 0.46, 2.0), tuple(np.float32([1.196, 0.46, 2.0]).tolist())):
+        shape, _ = working_shape((50, 25, 15), spacing, (1.15, 0.92, 2.0))
+        assert shape.tolist() == [52, 13, 15], spacing
+    # blocks of blockwise inference still snap (their start is on the grid; InputRule.block_shape)
+    assert aligned_size(67, 4) == 68 and aligned_size(61, 4) == 60 and aligned_size(3, 2) == 3  # 4 is 33% off
+    assert aligned_size(30.000001, 4) == 32 and aligned_size(29.99999, 4) == 32  # 7.5 strides: a tie, up

@@ -29,7 +29,7 @@ from weakseg_monai.networks.postprocess import centres_in, paste_masks_in_volume
 
 FAMILY_KEY = "family_code"  # the state-dict entry holding the family id (ASCII codes, uint8)
 LEGACY_FAMILY = "nuclei"  # checkpoints written before families existed hold today's nuclei detector
-GRID_MULTIPLE = (4, 4, 2)  # the VoxRes backbone's detection stride: the default snapping of working-grid sizes
+GRID_MULTIPLE = (4, 4, 2)  # the VoxRes backbone's detection stride: the default grid blocks start on and snap to
 # the image is mirrored beyond each face of the volume by this fraction of the object size before prediction
 # (``weakseg_monai.transforms.faces``; margins rounded up to whole grid multiples). Measured inference-only, the same
 # weights off / on, mean Det F1 / Seg F1 / recall of face-cut objects: 25 face-cut-preset models (seeds 0, 1; this
@@ -123,8 +123,9 @@ class InstanceModel(nn.Module):
         return results
 
     def grid_multiple(self) -> tuple[int, int, int]:
-        """Working-grid sizes (whole volume or block) snap to a multiple of this where that moves them by at most
-        10% (``transforms.input_rule.InputRule``)."""
+        """Blocks of blockwise inference start on a multiple of this and their working sizes snap to one where that
+        moves them by at most 10% (``transforms.input_rule.InputRule.block_shape``); face margins are whole
+        multiples of it. Whole volumes are not snapped (``transforms.dictionary.working_shape``)."""
         return GRID_MULTIPLE
 
     def block_halo(self) -> Sequence[float]:

@@ -1,7 +1,7 @@
 """``InputRule``: how a model sees a volume, defined once (in the spirit of nnU-Net's ``ConfigurationManager``).
 
 A volume of any spacing goes to the model's working grid (``to_working``: edge-aligned resampling to the working
-spacing, each size a whole number of the grid multiple where that moves it by at most 10%, then per-image
+spacing, each size rounded to the nearest voxel, then per-image
 percentile normalisation clamped to ``INTENSITY_CLAMP``), and results come back to the input's own voxel grid
 (``boxes_from_working``, ``labels_from_working``). Training (``InputRuled``: the image, its label volumes and boxes),
 validation and inference (``ToWorkingGridd``), the blockwise runner and the predictor all use this one rule, read
@@ -22,9 +22,9 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
 from weakseg_monai.conventions import as_count
+from weakseg_monai.networks.detector import DETECTION_STRIDE
 from weakseg_monai.networks.family import unwrap
 from weakseg_monai.transforms.dictionary import (
-    DETECTION_STRIDE,
     aligned_size,
     check_working_size,
     normalise,
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InputRule:
     """Working spacing (x, y, z) µm, the (lower, upper) intensity percentiles mapped to 0 and 1, and the grid
-    multiple (x, y, z) working sizes snap to (the detection stride: the far face then lies on the anchor grid)."""
+    multiple (x, y, z) blocks of blockwise inference start on and snap to (the detection stride)."""
 
     working_spacing: tuple[float, float, float]
     intensity_percentiles: tuple[float, float] = (1.0, 99.8)
@@ -60,10 +60,12 @@ class InputRule:
     # ------------------------------------------------------------------ geometry
     def working_shape(self, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
         """``(working shape, zoom = working / input)`` per axis (x, y, z) for a volume of ``shape`` at ``spacing``."""
-        return working_shape(shape, spacing, self.working_spacing, self.grid_multiple)
+        return working_shape(shape, spacing, self.working_spacing)
 
     def block_shape(self, shape: Sequence[int], zoom: Sequence[float]) -> list[int]:
-        """The working size of one block of ``shape`` input voxels (the whole volume's ``zoom``)."""
+        """The working size of one block of ``shape`` input voxels (the whole volume's ``zoom``), a whole number of the
+        grid multiple where that moves it by at most 10% (``aligned_size``): blocks start on the grid
+        (``network_blocks``), and a block's far side then does too."""
         return [aligned_size(s * z, m) for s, z, m in zip(shape, zoom, self.grid_multiple)]
 
     # ------------------------------------------------------------------ intensities
