@@ -94,12 +94,14 @@ def run_case(seed: int, work: Path, timeout_s: float = 900.0) -> dict:
 
 def table(results: dict) -> str:
     columns = ["case", "volumes (x, y, z)", "spacing µm", "object vox", "masks", "working spacing", "patch",
-               "anchors (face-cut / whole anchored)", "train s", "infer s", "status"]
+               "anchors (face-cut / face-cut mirrored / whole anchored)", "train s", "infer s", "status"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name in sorted(results):
         r = results[name]
         cov = r.get("anchor_coverage") or {}
-        anchored = " / ".join("-" if cov.get(k) is None else f"{100 * cov[k]:.0f}%" for k in ("face_cut", "whole"))
+        anchored = " / ".join(
+            "-" if cov.get(k) is None else f"{100 * cov[k]:.0f}%" for k in ("face_cut", "face_cut_mirrored", "whole")
+        )
         lines.append(
             f"| {name} | {' '.join('x'.join(map(str, s)) for s in r['shapes'])} | "
             f"{' x '.join(f'{v:g}' for v in r['spacing'])} | {r['object_vox']} | {r['mask_fraction']:.0%} | "

@@ -298,10 +298,8 @@ class WeakInstanceSegNet(InstanceModel):
         return float(self.nms_thresh)
 
     def face_margin(self) -> tuple[float, float, float]:
-        """``FACE_MIRROR_FRACTION`` of the largest anchor shape per axis (the whole nucleus: the other shapes include
-        the thin ones of face-cut slivers), working voxels."""
-        largest = self.anchor_shapes.max(dim=0).values.tolist()
-        return tuple(FACE_MIRROR_FRACTION * float(v) for v in largest)  # type: ignore[return-value]
+        """Working voxels mirrored beyond each face before prediction (``face_margin_for_anchors``)."""
+        return face_margin_for_anchors(self.anchor_shapes.tolist())
 
     def typical_object_um(self) -> np.ndarray:
         """The middle anchor shape (by volume; k-means of the training boxes) in µm."""
@@ -357,6 +355,14 @@ class WeakInstanceSegNet(InstanceModel):
             self.selector(cls_logits[i], box_deltas[i], anchors, self.box_coder, spatial, region)
             for i in range(cls_logits.shape[0])
         ]
+
+
+def face_margin_for_anchors(anchor_shapes: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """``FACE_MIRROR_FRACTION`` of the largest anchor shape per axis (the whole nucleus: the other shapes include
+    the thin ones of face-cut slivers), working voxels (x, y, z). A function of the anchors alone, so the planner
+    can measure anchor coverage in the frame the matcher sees before any model exists."""
+    largest = np.asarray(anchor_shapes, dtype=np.float64).reshape(-1, 3).max(axis=0)
+    return tuple(FACE_MIRROR_FRACTION * float(v) for v in largest)  # type: ignore[return-value]
 
 
 register_family(
