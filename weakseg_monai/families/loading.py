@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import weakseg_monai.networks  # noqa: F401  (registers the built-in families before get_family is asked)
 from weakseg_monai.families.registry import get_family
 from weakseg_monai.networks.family import FAMILY_KEY, LEGACY_FAMILY, decode_family
 

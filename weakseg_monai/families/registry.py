@@ -42,9 +42,8 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 def get_family(family_id: str) -> ModelFamily:
-    """The registered family ``family_id``; the error lists the known ones."""
-    import weakseg_monai.networks  # noqa: F401  (registers the built-in families)
-
+    """The registered family ``family_id``; the error lists the known ones. The built-in families register when
+    ``weakseg_monai.networks`` is imported (``families.loading`` does; the registry itself sits below the networks)."""
     if family_id not in _FAMILIES:
         raise KeyError(f"unknown model family {family_id!r}; registered: {', '.join(family_ids())}")
     return _FAMILIES[family_id]

@@ -99,7 +99,7 @@ def _axis_weights(
     return weights, origin
 
 
-def _gather_crops(values: Tensor, batch_index: Tensor, origins: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
+def gather_crops(values: Tensor, batch_index: Tensor, origins: Sequence[Tensor], widths: Sequence[int]) -> Tensor:
     """Crops ``(K, W1, W2, W3, C)`` of channels-last ``values (N, S1, S2, S3, C)`` starting at ``origins``.
 
     Indices past the end are clamped; they only ever meet zero weights.
@@ -117,7 +117,7 @@ def _gather_crops(values: Tensor, batch_index: Tensor, origins: Sequence[Tensor]
     ]
 
 
-def _apply_separable(weights: Sequence[Tensor], crops: Tensor) -> Tensor:
+def apply_separable(weights: Sequence[Tensor], crops: Tensor) -> Tensor:
     """``out[k, c, a, b, d] = sum_ijl Wx[k,a,i] Wy[k,b,j] Wz[k,d,l] crops[k,i,j,l,c]`` -> ``(K, C, s1, s2, s3)``."""
     wx, wy, wz = (w.to(crops.dtype) for w in weights)
     t = torch.einsum("kdl,kijlc->kijdc", wz, crops)
@@ -177,8 +177,8 @@ def roi_align_3d(
         return features.new_zeros((0, features.shape[1], *out))
     weights, origins = roi_weights(rois, features.shape[2:], out, spatial_scale, sampling_ratio, aligned)
     channels_last = features.permute(0, 2, 3, 4, 1)
-    crops = _gather_crops(channels_last, rois[:, 0].long(), origins, [w.shape[2] for w in weights])
-    return _apply_separable(weights, crops)
+    crops = gather_crops(channels_last, rois[:, 0].long(), origins, [w.shape[2] for w in weights])
+    return apply_separable(weights, crops)
 
 
 class RoIAlign3D(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weakseg_monai.layers.roi_align import _apply_separable, _gather_crops, roi_weights
+from weakseg_monai.layers.roi_align import apply_separable, gather_crops, roi_weights
 
 
 def project_masks_on_boxes(
@@ -37,9 +37,9 @@ def project_masks_on_boxes(
         return boxes.new_zeros((0, mask_size, mask_size, mask_size))
     rois = torch.cat([batch_index[:, None].to(boxes.dtype), boxes], dim=1)
     weights, origins = roi_weights(rois, instances.shape[1:], mask_size, 1.0, 2, True)
-    crops = _gather_crops(instances[..., None], batch_index.long(), origins, [w.shape[2] for w in weights])
+    crops = gather_crops(instances[..., None], batch_index.long(), origins, [w.shape[2] for w in weights])
     binary = (crops == instance_ids.view(-1, 1, 1, 1, 1).to(crops.dtype)).to(torch.float32)
-    return (_apply_separable(weights, binary)[:, 0] >= 0.5).to(torch.float32)
+    return (apply_separable(weights, binary)[:, 0] >= 0.5).to(torch.float32)
 
 
 def partial_mask_loss(mask_logits: Tensor, mask_targets: Tensor, weights: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from weakseg_monai.metrics.instance import _scores, joint_histogram, match_one_to_one
+from weakseg_monai.metrics.instance import detection_scores, joint_histogram, match_one_to_one
 
 
 def _overlaps(gt_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,7 +76,7 @@ def matching_curve(
         row = {
             "threshold": float(t),
             "accuracy": tp / max(tp + fp + fn, 1),
-            **_scores(tp, len(gt_size), len(pred_size)),
+            **detection_scores(tp, len(gt_size), len(pred_size)),
         }
         row["mean_matched_iou"] = float(iou[r, c].mean()) if tp else 0.0
         rows.append(row)
@@ -93,4 +93,4 @@ def marker_f1(markers: np.ndarray, pred_boxes: np.ndarray, max_distance: float =
         dist = np.linalg.norm(markers[:, None, :] - centres[None, :, :], axis=-1)
         r, c = linear_sum_assignment(np.where(dist <= max_distance, dist, 1e9))
         tp = int((dist[r, c] <= max_distance).sum())
-    return _scores(tp, len(markers), len(centres))
+    return detection_scores(tp, len(markers), len(centres))

@@ -34,7 +34,9 @@ def match_one_to_one(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.
     return rows_in[rows[ok]], cols_in[cols[ok]]
 
 
-def _scores(tp: int, n_gt: int, n_pred: int) -> dict[str, float]:
+def detection_scores(tp: int, n_gt: int, n_pred: int) -> dict[str, float]:
+    """F1, precision, recall and the counts of ``tp`` matches among ``n_gt`` true and ``n_pred`` found objects (an
+    empty side scores 1 when the other is empty too)."""
     fp, fn = n_pred - tp, n_gt - tp
     precision = tp / n_pred if n_pred else (1.0 if n_gt == 0 else 0.0)
     recall = tp / n_gt if n_gt else 1.0
@@ -57,7 +59,7 @@ def _matched_boxes(gt_boxes, pred_boxes, iou_threshold: float) -> tuple[np.ndarr
 def detection_f1(gt_boxes, pred_boxes, iou_threshold: float = 0.4) -> dict[str, float]:
     """Detection F1 of ``(G, 6)`` vs ``(P, 6)`` StandardMode boxes at 3D IoU > ``iou_threshold``."""
     gt, rows, n_pred = _matched_boxes(gt_boxes, pred_boxes, iou_threshold)
-    return _scores(len(rows), len(gt), n_pred)
+    return detection_scores(len(rows), len(gt), n_pred)
 
 
 def detection_recall_by_face(gt_boxes, pred_boxes, spatial_shape, iou_threshold: float = 0.4) -> dict[str, int]:
@@ -126,7 +128,7 @@ def segmentation_f1(gt_labels: np.ndarray, pred_labels: np.ndarray, iou_threshol
     """Segmentation F1 of two instance label volumes matched one-to-one at mask IoU > ``iou_threshold``."""
     iou, gt_ids, pred_ids = instance_iou(gt_labels, pred_labels)
     rows, cols = match_one_to_one(iou, iou_threshold)
-    out = _scores(len(rows), len(gt_ids), len(pred_ids))
+    out = detection_scores(len(rows), len(gt_ids), len(pred_ids))
     out["mean_matched_iou"] = float(iou[rows, cols].mean()) if len(rows) else 0.0
     return out
 
@@ -153,7 +155,7 @@ class _CountingF1(Metric):
                 self._pred += scores["tp"] + scores["fp"]
 
     def compute(self) -> float:
-        return _scores(self._tp, self._gt, self._pred)["f1"]
+        return detection_scores(self._tp, self._gt, self._pred)["f1"]
 
 
 class DetectionF1(_CountingF1):

@@ -18,8 +18,6 @@ import json
 import shutil
 from pathlib import Path
 
-import weakseg_monai
-
 ZOO_MAX_FILE_BYTES = 25 * 1024 * 1024  # the model zoo refuses larger files
 SHIPPED = ("LICENSE", "configs", "docs", "sample", "sample_gt", "models/model.pt", "models/model.ts")
 PACKAGE = "weakseg_monai"
@@ -64,7 +62,7 @@ def export_bundle(out: str | Path, bundle_dir: str | Path | None = None) -> Path
             shutil.copy2(path, target / entry)
         else:
             raise FileNotFoundError(f"{path}: part of the exported bundle, missing")
-    package = Path(weakseg_monai.__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # this package (utils/ is one level down)
     shutil.copytree(package, target / PACKAGE, ignore=carried_code_only(package))
     too_big = [p for p in target.rglob("*") if p.is_file() and p.stat().st_size > ZOO_MAX_FILE_BYTES]
     if too_big:
