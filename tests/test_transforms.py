@@ -148,7 +148,10 @@ def test_volume_smaller_than_patch_is_padded_at_the_end(tmp_path):
     item = make_tiny_item(tmp_path)  # 24 x 20 x 8 at 0.5 x 0.5 x 1.0
     write_datalist(tmp_path, {"training": [item]})
     set_determinism(0)
-    crops = _train_pipeline(tmp_path)(load_section(tmp_path, "training")[0])
+    # at its native spacing (the planner would upsample these 3 µm objects to ~66 x 55 x 21, larger than the patch)
+    pipeline = _train_pipeline(tmp_path, working_spacing=[0.5, 0.5, 1.0])
+    crops = pipeline(load_section(tmp_path, "training")[0])
+    assert len(crops) == 4
     for crop in crops:
         assert tuple(crop["image"].shape) == (1, *PATCH)
         assert len(np.asarray(crop["box"]).reshape(-1, 6)) >= 1
