@@ -63,7 +63,8 @@ def worker(method: str, image: Path, gt: Path, ckpt: Path, out: Path) -> dict:
     """One end-to-end inference in this process; returns times, peak RSS and scores."""
     from weakseg_monai.data.instances import boxes_from_instances
     from weakseg_monai.inference import BaselinePredictor, WeakSegPredictor
-    from weakseg_monai.inference.writer import load_input, save_prediction
+    from weakseg_monai.inference.inputs import load_input
+    from weakseg_monai.inference.outputs import save_prediction
     from weakseg_monai.metrics import detection_f1, segmentation_f1
     from weakseg_monai.networks import VoxResSegNet, WeakInstanceSegNet
 

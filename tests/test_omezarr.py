@@ -16,7 +16,7 @@ from weakseg_monai.data.io import read_volume, resolve_spacing, volume_shape, wr
 from weakseg_monai.data.omezarr import open_zarr, write_zarr_labels  # noqa: E402
 from weakseg_monai.families.loading import load_model  # noqa: E402
 from weakseg_monai.inference.predictor import WeakSegPredictor  # noqa: E402
-from weakseg_monai.inference.writer import run_inference  # noqa: E402
+from weakseg_monai.inference.workflow import run_inference  # noqa: E402
 from weakseg_monai.metrics.scoring import score_folders  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

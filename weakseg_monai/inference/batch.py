@@ -44,17 +44,10 @@ from weakseg_monai.data.io import (
 from weakseg_monai.data.omezarr import open_labels
 from weakseg_monai.data.preview import save_preview
 from weakseg_monai.inference.distributed import checked_scheduler, dask_client, segment_volume
+from weakseg_monai.inference.failures import failure_outcome, failure_table
+from weakseg_monai.inference.inputs import list_inputs, load_input
+from weakseg_monai.inference.outputs import check_output_dir, output_stem, save_prediction, write_boxes_json
 from weakseg_monai.inference.predictor import WeakSegPredictor, scale_mismatch
-from weakseg_monai.inference.writer import (
-    check_output_dir,
-    failure_outcome,
-    failure_table,
-    list_inputs,
-    load_input,
-    output_stem,
-    save_prediction,
-    write_boxes_json,
-)
 from weakseg_monai.networks.family import InstanceModel, unwrap
 
 logger = logging.getLogger(__name__)
