@@ -11,6 +11,7 @@ from weakseg_monai.engines.checkpoints import (
 )
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
+from weakseg_monai.engines.setup import attach_training_handlers, prepare_training_data, save_training_plan
 from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
 
 __all__ = [
@@ -19,10 +20,13 @@ __all__ = [
     "ModelSaver",
     "ScoreThresholdCalibrator",
     "TrainingProgress",
+    "attach_training_handlers",
     "InstanceMetricsWriter",
     "WeakSegTrainer",
     "checked_checkpoint",
     "checkpoint_to_resume",
     "latest_checkpoint",
     "prepare_detection_batch",
+    "prepare_training_data",
+    "save_training_plan",
 ]
