@@ -115,7 +115,7 @@ def _anchor_geometry(volumes: Sequence[VolumeBoxes], working_spacing: Sequence[f
     """Boxes at the working grid per volume with its padded size, and over all boxes: face-cut, and sized
     (at least ``MIN_ANCHORED_EXTENT`` working voxels per axis)."""
     at = [v.at_spacing(working_spacing) for v in volumes]
-    pairs = [(v.boxes, [int(math.ceil(s / d) * d) for s, d in zip(v.shape, SIZE_DIVISOR)]) for v in at]
+    pairs = [(v.boxes, _padded_size(v.shape)) for v in at]
     boxes = np.concatenate([v.boxes for v in at]) if at else np.zeros((0, 6))
     cut = np.concatenate([v.face_cut() for v in at]) if at else np.zeros(0, dtype=bool)
     sized = ((boxes[:, 3:] - boxes[:, :3]) >= MIN_ANCHORED_EXTENT).all(axis=1)
@@ -154,16 +154,24 @@ def anchor_coverage(
     """
     pairs, _, cut, sized = _anchor_geometry(volumes, working_spacing)
     hit = anchor_hits(pairs, anchor_shapes, DETECTION_STRIDE, POSITIVE_IOU)
-    shares = {
-        name: round(float(hit[group].mean()), 3) if group.any() else None
-        for name, group in (("face_cut", sized & cut), ("whole", sized & ~cut))
-    }
     mirrored = anchor_hits(
         _mirrored_pairs(volumes, working_spacing, anchor_shapes), anchor_shapes, DETECTION_STRIDE, POSITIVE_IOU
     )
-    group = sized & cut
-    shares["face_cut_mirrored"] = round(float(mirrored[group].mean()), 3) if group.any() else None
-    return shares
+    return {
+        "face_cut": _share_of(hit, sized & cut),
+        "whole": _share_of(hit, sized & ~cut),
+        "face_cut_mirrored": _share_of(mirrored, sized & cut),
+    }
+
+
+def _share_of(hit: np.ndarray, group: np.ndarray) -> float | None:
+    """Share of ``group`` (bool mask) that ``hit`` marks, to 3 decimals; None for an empty group."""
+    return round(float(hit[group].mean()), 3) if group.any() else None
+
+
+def _padded_size(shape: Sequence[int]) -> list[int]:
+    """``shape`` padded up to the backbone's size divisor, as the network pads its input."""
+    return [int(math.ceil(s / d) * d) for s, d in zip(shape, SIZE_DIVISOR)]
 
 
 def _mirrored_pairs(
@@ -177,7 +185,7 @@ def _mirrored_pairs(
         before, after = face_pads(margin, volume.shape, multiple=DETECTION_STRIDE)
         boxes, _, _ = mirror_boxes(volume.boxes.astype(np.float32), volume.shape, before, after)
         size = [s + b + a for s, b, a in zip(volume.shape, before, after)]
-        pairs.append((boxes[: len(volume.boxes)], [int(math.ceil(s / d) * d) for s, d in zip(size, SIZE_DIVISOR)]))
+        pairs.append((boxes[: len(volume.boxes)], _padded_size(size)))
     return pairs
 
 

@@ -122,7 +122,7 @@ def aligned_size(size: float, multiple: int, tolerance: float = 0.1) -> int:
     volume lies on the anchor grid as the near face does, and an object the far face cuts to a thin sliver has an
     anchor that fits it (off the grid, a 3-voxel sliver can stay below the matcher's IoU with every anchor)."""
     plain = working_size(size)
-    snapped = max(multiple, int(math.floor(round(size / multiple, 4) + 0.5)) * multiple)
+    snapped = working_size(size / multiple) * multiple  # the same tie rule, in strides (at least one)
     return snapped if abs(snapped - size) <= tolerance * size else plain
 
 
