@@ -124,6 +124,9 @@ def test_plan_cli_prints_the_plan_and_writes_json_where_asked(tmp_path):
     assert report["fingerprint"]["n_objects"] == 2 and report["overridden"] == []
     assert sorted(p.name for p in data.iterdir()) == sorted(["datalist.json", "a_img.nii.gz", "a_mask.nii.gz",
                                                              "a_gt.nii.gz"]), "nothing written into the dataset"
+    baseline = run_cli("-m", "weakseg_monai", "plan", str(data), "--family", "baseline")
+    assert baseline.returncode == 0, baseline.stderr[-2000:]
+    assert "baseline" in baseline.stdout and "anchor_shapes" not in baseline.stdout
 
 
 def test_plan_round_trips_through_the_checkpoint_into_inference(tmp_path):
@@ -268,3 +271,32 @@ def test_working_grids_round_to_the_nearest_voxel_whatever_the_spacings_last_bit
     # blocks of blockwise inference still snap (their start is on the grid; InputRule.block_shape)
     assert aligned_size(67, 4) == 68 and aligned_size(61, 4) == 60 and aligned_size(3, 2) == 3  # 4 is 33% off
     assert aligned_size(30.000001, 4) == 32 and aligned_size(29.99999, 4) == 32  # 7.5 strides: a tie, up
+
+
+def test_each_family_plans_with_its_own_planner_and_its_models_constants(tmp_path):
+    """nnU-Net's shape: one fingerprint, then a planner per family. The baseline plans its working spacing, patch
+    and batch by the same rules (it used to hard-code them), with the size divisor of its own model; building that
+    model for its constants draws nothing from the seeded random stream the real network's initialisation uses."""
+    from weakseg_monai.networks import VoxResSegNet
+    from weakseg_monai.planning import BaselinePlanner, NucleiPlanner, planner_for
+
+    write_datalist(tmp_path, {"training": [make_tiny_item(tmp_path, "a"), make_tiny_item(tmp_path, "b")]})
+    divisor = tuple(VoxResSegNet().size_divisor())
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    nuclei, baseline = NucleiPlanner(tmp_path), BaselinePlanner(tmp_path)
+    assert baseline.size_divisor == divisor == nuclei.size_divisor
+    assert torch.equal(torch.rand(4), expected), "planning consumed the seeded random stream"
+    planned = baseline.planned()
+    assert set(planned) == {"working_spacing", "patch_size", "batch_size"}
+    assert planned["working_spacing"] == nuclei.working_spacing()
+    assert all(p % d == 0 for p, d in zip(planned["patch_size"], baseline.size_divisor))
+    assert {"anchor_shapes", "nms_thresh", "box_mask_loss_weight"} <= set(nuclei.planned())
+    report = baseline.report({**planned, "mask_fraction": 1.0})
+    assert report["family"] == "baseline" and "anchor_coverage" not in report
+    assert "model family" in format_plan(report) and "baseline" in format_plan(report)
+    for family, planner in (("nuclei", NucleiPlanner), ("baseline", BaselinePlanner)):
+        assert planner_for(family) is planner and planner.family == family
+    with pytest.raises(ValueError, match="multiple of"):
+        baseline.check({"patch_size": [30, 30, 16]})

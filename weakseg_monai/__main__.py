@@ -98,17 +98,18 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
         sys.exit(1)
 
 
-def plan(dataset_dir: str, out: str = "") -> None:
+def plan(dataset_dir: str, out: str = "", family: str = "nuclei") -> None:
     """Print the training plan that ``train.json`` derives for DATASET_DIR (fingerprint + planned values),
-    without training. ``--out FILE`` also writes it as JSON (never into the dataset folder by default)."""
+    without training. ``--out FILE`` also writes it as JSON (never into the dataset folder by default);
+    ``--family baseline``: the plan of ``train_baseline.json``."""
     import json
 
     from weakseg_monai.data.validate import check_dataset
-    from weakseg_monai.planning import TrainingPlanner, format_plan
+    from weakseg_monai.planning import format_plan, planner_for
 
     dataset_dir = str(dataset_dir)
     check_dataset(dataset_dir, read_volumes=False, require_training=True)
-    planner = TrainingPlanner(dataset_dir)
+    planner = planner_for(str(family))(dataset_dir)
     report = planner.report(planner.planned())
     print(f"training plan for {dataset_dir}\n{format_plan(report)}")
     for warning in report["warnings"]:

@@ -128,4 +128,6 @@ def semantic_to_instances(classes: np.ndarray, min_voxels: int = 10, erode: int 
     return np.where(classes != BACKGROUND, grown, 0).astype(np.int32)
 
 
-register_family(ModelFamily("baseline", VoxResSegNet, train_config="train_baseline.json"))
+register_family(
+    ModelFamily("baseline", VoxResSegNet, "weakseg_monai.planning.BaselinePlanner", train_config="train_baseline.json")
+)

@@ -366,5 +366,5 @@ def face_margin_for_anchors(anchor_shapes: Sequence[Sequence[float]]) -> tuple[f
 
 
 register_family(
-    ModelFamily("nuclei", WeakInstanceSegNet, "weakseg_monai.planning.TrainingPlanner", train_config="train.json")
+    ModelFamily("nuclei", WeakInstanceSegNet, "weakseg_monai.planning.NucleiPlanner", train_config="train.json")
 )

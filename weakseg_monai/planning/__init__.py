@@ -1,6 +1,22 @@
-"""Self-configuration: a dataset fingerprint and the training plan derived from it."""
+"""Self-configuration: a dataset fingerprint and, per model family, the training plan derived from it."""
 
 from weakseg_monai.planning.fingerprint import DatasetFingerprint, dataset_fingerprint
-from weakseg_monai.planning.planner import TrainingPlanner, format_plan
+from weakseg_monai.planning.planner import (
+    BaselinePlanner,
+    ExperimentPlanner,
+    NucleiPlanner,
+    TrainingPlanner,
+    format_plan,
+    planner_for,
+)
 
-__all__ = ["DatasetFingerprint", "TrainingPlanner", "dataset_fingerprint", "format_plan"]
+__all__ = [
+    "BaselinePlanner",
+    "DatasetFingerprint",
+    "ExperimentPlanner",
+    "NucleiPlanner",
+    "TrainingPlanner",
+    "dataset_fingerprint",
+    "format_plan",
+    "planner_for",
+]

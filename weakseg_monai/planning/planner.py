@@ -16,13 +16,20 @@ The architecture stays fixed (one checkpoint contract: ``model.pt`` is a plain s
 - ``nms_thresh``: above the overlap of touching ground-truth boxes, so NMS does not delete real neighbours.
 - ``score_thresh``: a starting value; training calibrates it on validation and stores it in the checkpoint.
 
-Every value is a top-level id of ``train.json`` the user can override; ``TrainingPlanner`` methods take the
-values they depend on as arguments, so an override propagates (e.g. a hand-set ``working_spacing`` changes the
-planned anchors and patch).
+Every value is a top-level id of ``train.json`` the user can override; the planner's methods take the values they
+depend on as arguments, so an override propagates (e.g. a hand-set ``working_spacing`` changes the planned anchors
+and patch).
+
+Classes, in the shape of nnU-Net's ``ExperimentPlanner``: ``ExperimentPlanner`` makes the one fingerprint pass and
+plans what every family needs (working spacing, patch, batch, schedule); a planner per family adds its own values
+and takes its constants from its family's model: ``NucleiPlanner`` (the ``nuclei`` detector: anchors, NMS, the box
+terms; ``TrainingPlanner`` is its old name) and ``BaselinePlanner`` (the VoxResNet + CC baseline of
+``train_baseline.json``, which plans its working spacing and patch by the same rules instead of fixing them).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -32,9 +39,17 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from weakseg_monai.conventions import as_count, as_flag, as_fraction, as_size, as_spacing
-from weakseg_monai.networks.detector import DEFAULT_STRIDES, DETECTION_STRIDE, face_margin_for_anchors
+from weakseg_monai.families.registry import get_family
+from weakseg_monai.networks.baseline import VoxResSegNet
+from weakseg_monai.networks.detector import (
+    DEFAULT_STRIDES,
+    DETECTION_STRIDE,
+    WeakInstanceSegNet,
+    face_margin_for_anchors,
+)
 from weakseg_monai.planning.fingerprint import (
     DatasetFingerprint,
     VolumeBoxes,
@@ -54,6 +69,7 @@ KEEP_BAND = ((12.0, 28.0), (12.0, 28.0), (5.0, 14.0))
 BASE_PATCH = (64, 64, 32)
 MAX_PATCH = (128, 128, 64)
 BASE_BATCH = 2
+# the default backbone's (both built-in families'): a family's planner asks its own model (``size_divisor``)
 SIZE_DIVISOR = tuple(int(np.prod([s[a] for s in DEFAULT_STRIDES])) for a in range(3))
 PLAN_FILE = "plan.json"
 # objects whose central third is barely brighter than the volume's median look like a cell-wall / membrane
@@ -61,7 +77,11 @@ PLAN_FILE = "plan.json"
 MIN_CORE_CONTRAST = 0.15
 
 
-def plan_working_spacing(fingerprint: DatasetFingerprint) -> list[float]:
+def plan_working_spacing(
+    fingerprint: DatasetFingerprint,
+    target: Sequence[float] = TARGET_OBJECT_VOXELS,
+    keep_band: Sequence[Sequence[float]] = KEEP_BAND,
+) -> list[float]:
     """(x, y, z) µm at which the median object measures about ``TARGET_OBJECT_VOXELS`` (or native if in band).
 
     In-plane axes share one spacing (their mean object size); z is never finer than in-plane.
@@ -71,13 +91,13 @@ def plan_working_spacing(fingerprint: DatasetFingerprint) -> list[float]:
     spacing = native.copy()
     inplane_um = float(size_um[:2].mean())
     inplane_vox = inplane_um / float(native[:2].mean())
-    lo, hi = KEEP_BAND[0]
+    lo, hi = keep_band[0]
     if not lo <= inplane_vox <= hi:
-        spacing[:2] = inplane_um / TARGET_OBJECT_VOXELS[0]
+        spacing[:2] = inplane_um / target[0]
     z_vox = size_um[2] / native[2]
-    lo, hi = KEEP_BAND[2]
+    lo, hi = keep_band[2]
     if not lo <= z_vox <= hi:
-        spacing[2] = size_um[2] / TARGET_OBJECT_VOXELS[2]
+        spacing[2] = size_um[2] / target[2]
     spacing[2] = max(spacing[2], spacing[:2].max())
     largest = float(fingerprint.largest_volume_um3 or 0.0)
     if largest / float(np.prod(spacing)) > MAX_WORKING_VOXELS:
@@ -91,16 +111,22 @@ def _round_sig(value: float, digits: int = 3) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def plan_patch_size(fingerprint: DatasetFingerprint, working_spacing: Sequence[float]) -> list[int]:
-    """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor, square in-plane (the
-    larger of the two: a volume narrower than the patch is padded) so in-plane quarter turns augment it."""
+def plan_patch_size(
+    fingerprint: DatasetFingerprint,
+    working_spacing: Sequence[float],
+    divisors: Sequence[int] = SIZE_DIVISOR,
+    base: Sequence[int] = BASE_PATCH,
+) -> list[int]:
+    """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor (``divisors``), square
+    in-plane (the larger of the two: a volume narrower than the patch is padded) so in-plane quarter turns augment
+    it."""
     scale = np.asarray(fingerprint.spacing_um) / np.asarray(working_spacing, dtype=np.float64)
     volume = np.asarray(fingerprint.volume_voxels) * scale
     big_object = np.asarray(fingerprint.object_um_p90) / np.asarray(working_spacing, dtype=np.float64)
     patch = []
     for axis in range(3):
-        want = min(max(BASE_PATCH[axis], 2.5 * big_object[axis]), MAX_PATCH[axis], volume[axis])
-        divisor = SIZE_DIVISOR[axis]
+        want = min(max(base[axis], 2.5 * big_object[axis]), MAX_PATCH[axis], volume[axis])
+        divisor = divisors[axis]
         patch.append(int(max(divisor, math.ceil(want / divisor) * divisor)))
     patch[0] = patch[1] = max(patch[0], patch[1])
     return patch
@@ -260,15 +286,36 @@ def plan_mask_context(box_mask_loss_weight: float, box_terms_lead: bool = True) 
     return BOX_TERMS_MASK_CONTEXT if box_terms_lead else ASSISTING_BOX_TERMS_MASK_CONTEXT
 
 
-class TrainingPlanner:
-    """The plan of one dataset, computed lazily (the embedded synthetic dataset is written at initialisation).
+class ExperimentPlanner:
+    """The plan of one dataset for one model family, computed lazily (the embedded synthetic dataset is written at
+    initialisation): one fingerprint pass, then one method per planned id.
 
     ``train.json`` calls one method per planned id; each method takes the ids it depends on, so a value the
-    user sets on the command line propagates to the values derived from it.
+    user sets on the command line propagates to the values derived from it. A family's planner subclasses this
+    one, names its ``family`` and ``model`` (a default instance's ``size_divisor()`` is the patch's) and adds its own
+    values to ``planned``.
     """
+
+    family: str = ""
+    model: type | None = None
+    # what the family's architecture was built for: the median object in working voxels (and the band in which a
+    # dataset keeps its own spacing), and the smallest crop; a family with other objects overrides them
+    target_object_voxels: tuple[float, float, float] = TARGET_OBJECT_VOXELS
+    keep_band: tuple = KEEP_BAND
+    base_patch: tuple[int, int, int] = BASE_PATCH
 
     def __init__(self, dataset_dir: str | Path) -> None:
         self.dataset_dir = str(dataset_dir)
+
+    @cached_property
+    def size_divisor(self) -> tuple[int, int, int]:
+        """What the family's model (default build) needs working-grid sizes to be multiples of (x, y, z). Built with the
+        random state restored, so planning draws nothing from the seeded stream the real network's initialisation
+        uses."""
+        if self.model is None:
+            return SIZE_DIVISOR
+        with torch.random.fork_rng(devices=[]):
+            return tuple(int(v) for v in self.model().size_divisor())  # type: ignore[return-value]
 
     @cached_property
     def volumes(self) -> list[VolumeBoxes]:
@@ -279,16 +326,13 @@ class TrainingPlanner:
         return dataset_fingerprint(self.dataset_dir, self.volumes)
 
     def working_spacing(self) -> list[float]:
-        return plan_working_spacing(self.fingerprint)
+        return plan_working_spacing(self.fingerprint, self.target_object_voxels, self.keep_band)
 
     def patch_size(self, working_spacing: Sequence[float]) -> list[int]:
-        return plan_patch_size(self.fingerprint, working_spacing)
+        return plan_patch_size(self.fingerprint, working_spacing, self.size_divisor, self.base_patch)
 
     def batch_size(self, patch_size: Sequence[int]) -> int:
         return plan_batch_size(patch_size)
-
-    def anchor_shapes(self, working_spacing: Sequence[float]) -> list[list[float]]:
-        return plan_anchor_shapes(self.volumes, working_spacing)
 
     def iterations(self, epochs: int | None = None) -> int:
         """Planned steps, or ``epochs`` x training items when the deprecated ``--epochs`` is given."""
@@ -306,6 +350,57 @@ class TrainingPlanner:
     def val_interval(self, iterations: int) -> int:
         return plan_val_interval(int(iterations))
 
+    def planned(self, mask_fraction: float | None = None) -> dict:
+        """Every planned value with nothing overridden (``mask_fraction``: the run's, which a family may follow)."""
+        spacing = self.working_spacing()
+        patch = self.patch_size(spacing)
+        return {"working_spacing": spacing, "patch_size": patch, "batch_size": self.batch_size(patch)}
+
+    def report(self, used: Mapping[str, object]) -> dict:
+        """The plan document: family, fingerprint, planned values, the values this run uses and which were
+        overridden."""
+        mask_fraction = used.get("mask_fraction")
+        planned = self.planned(None if mask_fraction is None else float(mask_fraction))  # type: ignore[arg-type]
+        overridden = sorted(k for k, v in used.items() if k in planned and _differs(planned[k], v))
+        return {
+            "family": self.family,
+            "dataset_dir": str(Path(self.dataset_dir).resolve()),
+            "fingerprint": self.fingerprint.to_dict(),
+            "planned": planned,
+            "used": dict(used),
+            "overridden": overridden,
+            "warnings": data_warnings(self.fingerprint),
+        }
+
+    def check(self, used: Mapping[str, object]) -> dict:
+        """``check_used`` with this family's size divisor: the values a run uses, each bad one naming its flag."""
+        return check_used(used, self.size_divisor)
+
+    def save(self, output_dir: str | Path, used: Mapping[str, object]) -> Path:
+        """Check the values this run uses (``check``), log the plan as a table and write ``output_dir/plan.json``
+        (never into the dataset folder)."""
+        used = self.check(used)
+        report = self.report(used)
+        logger.info("training plan for %s\n%s", self.dataset_dir, format_plan(report))
+        for warning in report["warnings"]:
+            logger.warning("%s: %s", self.dataset_dir, warning)
+        path = Path(str(output_dir)) / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        logger.info("plan written to %s", path)
+        return path
+
+
+class NucleiPlanner(ExperimentPlanner):
+    """The ``nuclei`` family (``WeakInstanceSegNet``): adds the anchor shapes, the NMS threshold and the box-supervised
+    mask terms (weight, frame, whether they reach the backbone) to the plan, and the anchor coverage to its report."""
+
+    family = "nuclei"
+    model = WeakInstanceSegNet
+
+    def anchor_shapes(self, working_spacing: Sequence[float]) -> list[list[float]]:
+        return plan_anchor_shapes(self.volumes, working_spacing)
+
     def nms_thresh(self) -> float:
         return plan_nms_threshold(self.fingerprint)
 
@@ -319,17 +414,13 @@ class TrainingPlanner:
         return plan_box_terms_train_backbone(self.fingerprint, mask_fraction)
 
     def planned(self, mask_fraction: float | None = None) -> dict:
-        """Every planned value with nothing overridden (``mask_fraction``: the run's, which the box terms follow)."""
-        spacing = self.working_spacing()
-        patch = self.patch_size(spacing)
+        common = super().planned(mask_fraction)
         iterations = self.iterations()
         box_weight = self.box_mask_loss_weight(mask_fraction)
         train_backbone = self.box_terms_train_backbone(mask_fraction)
         return {
-            "working_spacing": spacing,
-            "patch_size": patch,
-            "batch_size": self.batch_size(patch),
-            "anchor_shapes": self.anchor_shapes(spacing),
+            **common,
+            "anchor_shapes": self.anchor_shapes(common["working_spacing"]),
             "iterations": iterations,
             "val_interval": self.val_interval(iterations),
             "nms_thresh": self.nms_thresh(),
@@ -339,36 +430,33 @@ class TrainingPlanner:
         }
 
     def report(self, used: Mapping[str, object]) -> dict:
-        """The plan document: fingerprint, planned values, the values this run uses and which were overridden."""
-        mask_fraction = used.get("mask_fraction")
-        planned = self.planned(None if mask_fraction is None else float(mask_fraction))  # type: ignore[arg-type]
-        overridden = sorted(k for k, v in used.items() if k in planned and _differs(planned[k], v))
-        return {
-            "dataset_dir": str(Path(self.dataset_dir).resolve()),
-            "fingerprint": self.fingerprint.to_dict(),
-            "planned": planned,
-            "used": dict(used),
-            "overridden": overridden,
-            "anchor_coverage": anchor_coverage(self.volumes, used["working_spacing"], used["anchor_shapes"]),
-            "warnings": data_warnings(self.fingerprint),
-        }
-
-    def save(self, output_dir: str | Path, used: Mapping[str, object]) -> Path:
-        """Check the values this run uses (``check_used``), log the plan as a table and write
-        ``output_dir/plan.json`` (never into the dataset folder)."""
-        used = check_used(used)
-        report = self.report(used)
-        logger.info("training plan for %s\n%s", self.dataset_dir, format_plan(report))
-        for warning in report["warnings"]:
-            logger.warning("%s: %s", self.dataset_dir, warning)
-        path = Path(str(output_dir)) / PLAN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        logger.info("plan written to %s", path)
-        return path
+        report = super().report(used)
+        report["anchor_coverage"] = anchor_coverage(self.volumes, used["working_spacing"], used["anchor_shapes"])
+        return report
 
 
-def check_used(used: Mapping[str, object]) -> dict:
+TrainingPlanner = NucleiPlanner  # the name train.json and scripts used before the planner per family
+
+
+class BaselinePlanner(ExperimentPlanner):
+    """The ``baseline`` family (``VoxResSegNet`` + connected components, ``train_baseline.json``): the working
+    spacing, patch and batch by the same rules as ours, so the two see the data at one grid; its schedule stays the
+    config's (epochs)."""
+
+    family = "baseline"
+    model = VoxResSegNet
+
+
+def planner_for(family: str) -> type[ExperimentPlanner]:
+    """The planner class of a registered ``family`` (``ModelFamily.planner``, a dotted path)."""
+    path = get_family(family).planner
+    if not path:
+        raise ValueError(f"model family {family!r} has no planner")
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def check_used(used: Mapping[str, object], divisors: Sequence[int] = SIZE_DIVISOR) -> dict:
     """The plan values a run uses, checked before anything is built: a bad command-line value fails here naming
     its flag (``--iterations 0`` used to end in Ignite's "Argument max_epochs is invalid", ``--val_interval 0`` in a
     ZeroDivisionError)."""
@@ -378,8 +466,8 @@ def check_used(used: Mapping[str, object]) -> dict:
             checked[key] = as_count(checked[key], f"--{key}")
     if "patch_size" in checked:
         patch = as_size(checked["patch_size"], "--patch_size")
-        if any(p % d for p, d in zip(patch, SIZE_DIVISOR)):
-            raise ValueError(f"--patch_size must be a multiple of {list(SIZE_DIVISOR)} (x, y, z), got {list(patch)}")
+        if any(p % d for p, d in zip(patch, divisors)):
+            raise ValueError(f"--patch_size must be a multiple of {list(divisors)} (x, y, z), got {list(patch)}")
         checked["patch_size"] = list(patch)
     if "working_spacing" in checked:
         try:
@@ -417,6 +505,7 @@ def format_plan(report: Mapping) -> str:
     """Fingerprint and plan as a two-column text table."""
     fp = report["fingerprint"]
     rows = [
+        ("model family", report.get("family") or "-"),
         ("training volumes / validation", f"{fp['n_volumes']} / {fp['n_validation']}"),
         ("objects (with masks)", f"{fp['n_objects']} ({fp['n_masked']})"),
         ("native spacing µm (x, y, z)", fp["spacing_um"]),
