@@ -281,7 +281,10 @@ def test_baseline_configs_train_on_k_stacks_and_infer(tiny_bundle_data, tmp_path
     workflow.run()
     workflow.finalize()
     ckpt = tmp_path / "runs" / "train_baseline" / "models" / "model.pt"
-    assert ckpt.is_file()
+    assert ckpt.is_file() and ckpt.with_name("model_final.pt").is_file()
+    plan = json.loads((tmp_path / "runs" / "train_baseline" / "plan.json").read_text())  # its own planner's
+    assert plan["family"] == "baseline" and "patch_size" in plan["overridden"]
+    assert plan["used"]["epochs"] == 1 and "anchor_shapes" not in plan["used"]
     result = run_cli(
         "-m",
         "monai.bundle",

@@ -8,10 +8,16 @@ from weakseg_monai.engines.checkpoints import (
     checked_checkpoint,
     checkpoint_to_resume,
     latest_checkpoint,
+    run_signature,
 )
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
-from weakseg_monai.engines.setup import attach_training_handlers, prepare_training_data, save_training_plan
+from weakseg_monai.engines.setup import (
+    attach_training_handlers,
+    end_process_group,
+    prepare_training_data,
+    save_training_plan,
+)
 from weakseg_monai.engines.trainer import WeakSegTrainer, prepare_detection_batch
 
 __all__ = [
@@ -25,8 +31,10 @@ __all__ = [
     "WeakSegTrainer",
     "checked_checkpoint",
     "checkpoint_to_resume",
+    "end_process_group",
     "latest_checkpoint",
     "prepare_detection_batch",
     "prepare_training_data",
+    "run_signature",
     "save_training_plan",
 ]

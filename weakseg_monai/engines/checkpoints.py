@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,6 +101,18 @@ def latest_checkpoint(ckpt_dir: str, run: Mapping | None = None) -> str:
             )
         return str(path)
     raise FileNotFoundError(f"--resume: no readable checkpoint_epoch=*.pt in {ckpt_dir}")
+
+
+# plan values a resumed run may change: its length, and the NMS threshold (used at validation and inference only)
+RESUMABLE_PLAN_KEYS = ("iterations", "epochs", "nms_thresh")
+
+
+def run_signature(plan: Mapping, dataset_dir: str | Path, **settings: object) -> dict:
+    """What a checkpoint must match to be resumed (``AtomicCheckpointSaver`` stores it, ``latest_checkpoint``
+    compares): the run's plan values except ``RESUMABLE_PLAN_KEYS``, the dataset folder (absolute) and ``settings``
+    (seed, learning rate, ...). Built here from the config's ``plan`` so the configs list the planned ids once."""
+    signature = {k: v for k, v in plan.items() if k not in RESUMABLE_PLAN_KEYS}
+    return {**signature, "dataset_dir": os.path.abspath(str(dataset_dir)), **settings}
 
 
 def checkpoint_to_resume(ckpt_dir: str, resume: bool, run: Mapping | None = None) -> str:

@@ -233,6 +233,24 @@ def resample_annotations(
 # group-norm statistics over the whole volume and wipe out every detection. Nuclei stay far inside it (at most 1.73
 # on every dataset of the generalisation suite); training (``InputRuled``) and inference clamp alike.
 INTENSITY_CLAMP = (-1.0, 5.0)
+# the keys of a training item (``LoadWeakAnnotationd``): the volumes a spatial transform moves together, and the
+# per-box arrays that follow the boxes of ``"box"`` through crops, clips and flips
+VOLUME_KEYS = ("image", "instances")
+BOX_LABEL_KEYS = ("label", "mask_annotated", "instance_id", "box_volume")
+
+
+class TrainingItemBoxKeys:
+    """Mixin for MONAI box transforms taking ``(image_keys, box_keys, box_ref_image_keys, ...)``: a training item's
+    keys as defaults, so a config names only a transform's own settings."""
+
+    def __init__(
+        self,
+        image_keys: KeysCollection = VOLUME_KEYS,
+        box_keys: str = "box",
+        box_ref_image_keys: str = "image",
+        **kwargs,
+    ) -> None:
+        super().__init__(image_keys, box_keys, box_ref_image_keys, **kwargs)  # type: ignore[call-arg]
 FLOAT32_SAFE = 1e30  # raw values beyond +-this are clipped before any float32 arithmetic (resampling sums them)
 
 
@@ -299,13 +317,13 @@ def check_working_size(shape: Sequence[int], spacing: Sequence[float], working: 
         )
 
 
-class RandZoomBoxVolumed(RandZoomBoxd):
+class RandZoomBoxVolumed(TrainingItemBoxKeys, RandZoomBoxd):
     """MONAI's ``RandZoomBoxd`` that also scales the per-box ``box_volume`` by the zoom it drew.
 
     Why: with ``keep_size`` a zoom-in crops the patch again, so ``MarkCutBoxesd`` must run after it and
     compare the clipped boxes with their whole volume *in zoomed voxels*. MONAI keeps the drawn factor
     in ``rand_zoom._zoom`` (already rounded to whole output voxels); ``box_volume`` is not a ``box_keys``
-    entry, so MONAI leaves it alone.
+    entry, so MONAI leaves it alone. Keys default to a training item's (``VOLUME_KEYS``, ``"box"``).
     """
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -346,12 +364,13 @@ class MarkCutBoxesd(MapTransform):
         return d
 
 
-class ShapeKeepingRandRotateBox90d(RandRotateBox90d):
+class ShapeKeepingRandRotateBox90d(TrainingItemBoxKeys, RandRotateBox90d):
     """MONAI's ``RandRotateBox90d`` that never changes a crop's shape: on a crop that is not square in the rotated
     plane the quarter turns are skipped (the random draw still happens, so the random stream stays the same).
 
     Why: the crops of a batch are stacked, so one turned crop of a non-square patch breaks the batch ("stack
-    expects each tensor to be equal size"); a half turn adds nothing the two flips do not already give.
+    expects each tensor to be equal size"); a half turn adds nothing the two flips do not already give. Keys default
+    to a training item's (``VOLUME_KEYS``, ``"box"``).
     """
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
@@ -369,8 +388,18 @@ class BoundedRandCropBoxByPosNegLabeld(RandCropBoxByPosNegLabeld):
 
     Why: MONAI's ``randomize`` builds one full-size int16 channel per box (``convert_box_to_mask``) and then takes
     their maximum, boxes x voxels x 2 bytes: 317 small nuclei in a 456 x 300 x 348 working grid asked for 28 GiB
-    and training died (``scripts/geometry_sweep.py``, case005).
+    and training died (``scripts/geometry_sweep.py``, case005). Keys default to a training item's (``VOLUME_KEYS``,
+    ``"box"``, ``BOX_LABEL_KEYS``).
     """
+
+    def __init__(
+        self,
+        image_keys: KeysCollection = VOLUME_KEYS,
+        box_keys: str = "box",
+        label_keys: KeysCollection = BOX_LABEL_KEYS,
+        **kwargs,
+    ) -> None:
+        super().__init__(image_keys, box_keys, label_keys, **kwargs)
 
     def randomize(  # type: ignore[override]
         self,
@@ -469,7 +498,7 @@ class MirrorFacesd(MapTransform):
         image_keys: KeysCollection = ("image",),
         label_image_keys: KeysCollection = ("instances",),
         box_keys: str = "box",
-        label_keys: KeysCollection = ("label", "mask_annotated", "instance_id", "box_volume"),
+        label_keys: KeysCollection = BOX_LABEL_KEYS,
     ) -> None:
         self.image_keys, self.label_image_keys = list(ensure_tuple(image_keys)), list(ensure_tuple(label_image_keys))
         self.volume_keys = self.image_keys + self.label_image_keys
@@ -508,7 +537,7 @@ class RandFaceCutd(RandomizableTransform, MapTransform):
         image_keys: KeysCollection = ("image",),
         label_image_keys: KeysCollection = ("instances",),
         box_keys: str = "box",
-        label_keys: KeysCollection = ("label", "mask_annotated", "instance_id", "box_volume"),
+        label_keys: KeysCollection = BOX_LABEL_KEYS,
         prob: float = 0.5,
         max_fraction: float = 0.25,
         min_visible: float = 3.0,
