@@ -16,6 +16,7 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels
 from torch import Tensor, nn
 
+from weakseg_monai.data.wall_targets import mask_surface
 from weakseg_monai.families.registry import ModelFamily, register_family
 from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.detector import DEFAULT_BLOCKS, DEFAULT_CHANNELS, DEFAULT_STRIDES
@@ -92,15 +93,7 @@ class VoxResSegNet(InstanceModel):
 def instances_to_semantic(instances: np.ndarray) -> np.ndarray:
     """(X, Y, Z) instance labels -> classes: 0 background, 1 interior, 2 boundary (a face neighbour differs)."""
     inst = np.asarray(instances)
-    boundary = np.zeros(inst.shape, dtype=bool)
-    for axis in range(inst.ndim):
-        lo = [slice(None)] * inst.ndim
-        hi = [slice(None)] * inst.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        differ = inst[tuple(lo)] != inst[tuple(hi)]
-        boundary[tuple(lo)] |= differ
-        boundary[tuple(hi)] |= differ
-    classes = np.where(inst > 0, np.where(boundary, BOUNDARY, INTERIOR), BACKGROUND)
+    classes = np.where(inst > 0, np.where(mask_surface(inst), BOUNDARY, INTERIOR), BACKGROUND)
     return classes.astype(np.uint8)
 
 
