@@ -27,6 +27,11 @@ section of ``bundle/docs/results.md``. Numbers come from the runs, never typed i
     python scripts/reproduce_table1.py --quick             # CPU: ~2 min per run on 2 cores, 11 rows x 3 seeds
     python scripts/reproduce_table1.py --quick --seeds 0   # one seed, ~15 min
     python scripts/reproduce_table1.py                     # longer schedule and 100 test stacks (GPU advised)
+    python scripts/reproduce_table1.py --quick --report --workdir runs/t1new --compare runs/t1old
+                                                           # two caches side by side (a change's A/B), paired seeds
+
+``--compare OTHER_WORKDIR`` writes the ``table1-ab`` section instead of ``table1``: per row, the means over the
+seeds both caches hold, each side and the difference (this workdir minus the other).
 """
 
 from __future__ import annotations
@@ -186,6 +191,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild the table from the cached runs")
     parser.add_argument("--force", action="store_true", help="rerun cached runs")
     parser.add_argument("--steps", type=int, default=0, help="training steps per model (default: by schedule)")
+    parser.add_argument("--compare", default="", help="another workdir's cache: write the A/B table (see above)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     steps = args.steps or 13 * (25 if args.quick else 150)
@@ -214,7 +220,45 @@ def main() -> None:
                 result = run_one(key, seed, rows, data, work, steps, args, test_items)
                 print(json.dumps(result), flush=True)
                 save_result(cache_path, name, result)
-    write_table(args, rows, budget, steps, len(test_items), cache_path)
+    if args.compare:
+        write_comparison(args, rows, steps, cache_path, Path(args.compare) / "results.json")
+    else:
+        write_table(args, rows, budget, steps, len(test_items), cache_path)
+
+
+def write_comparison(args, rows: dict, steps: int, cache_path: Path, other_path: Path) -> None:
+    """The A/B table of two caches (this workdir = A, ``--compare`` = B): per row, means over the seeds both hold."""
+    a, b = (json.loads(p.read_text()) if p.is_file() else {} for p in (cache_path, other_path))
+    metrics = ("det_f1", "seg_f1", "ctc_seg")
+    lines = [
+        f"`python scripts/reproduce_table1.py{' --quick' if args.quick else ''} --report --workdir {args.workdir} "
+        f"--compare {args.compare}` on {datetime.date.today().isoformat()} ({cpu_name()}): A = {args.workdir}, "
+        f"B = {args.compare}; means over the seeds both caches hold, {steps} training steps per model.",
+        "",
+        "| method | seeds | Det F1 A / B / A-B | Seg F1 A / B / A-B | CTC SEG A / B / A-B |",
+        "|---|---|---|---|---|",
+    ]
+    worst = 0.0
+    for key, (label, _, _) in rows.items():
+        seeds = sorted(
+            int(name.split("seed")[-1])
+            for name, r in a.items()
+            if r["row"] == key and r["steps"] == steps and name in b and b[name]["steps"] == steps
+        )
+        if not seeds:
+            continue
+        cells = []
+        for m in metrics:
+            mean_a = float(np.mean([a[f"{key}/seed{s}"][m] for s in seeds]))
+            mean_b = float(np.mean([b[f"{key}/seed{s}"][m] for s in seeds]))
+            worst = max(worst, abs(mean_a - mean_b)) if m != "ctc_seg" else worst
+            cells.append(f"{mean_a:.4f} / {mean_b:.4f} / {mean_a - mean_b:+.4f}")
+        lines.append(f"| {label} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    lines += ["", f"Largest |A-B| of a row's mean Det F1 or Seg F1: {worst:.4f}.", ""]
+    text = "\n".join(lines)
+    print(text)
+    replace_marked_section(args.out, "table1-ab", text)
+    print(f"wrote the table1-ab section of {args.out}")
 
 
 def save_result(cache_path: Path, name: str, result: dict) -> None:
