@@ -233,6 +233,7 @@ def resample_annotations(
 # group-norm statistics over the whole volume and wipe out every detection. Nuclei stay far inside it (at most 1.73
 # on every dataset of the generalisation suite); training (``InputRuled``) and inference clamp alike.
 INTENSITY_CLAMP = (-1.0, 5.0)
+FLOAT32_SAFE = 1e30  # raw values beyond +-this are clipped before any float32 arithmetic (resampling sums them)
 # the keys of a training item (``LoadWeakAnnotationd``): the volumes a spatial transform moves together, and the
 # per-box arrays that follow the boxes of ``"box"`` through crops, clips and flips
 VOLUME_KEYS = ("image", "instances")
@@ -251,7 +252,6 @@ class TrainingItemBoxKeys:
         **kwargs,
     ) -> None:
         super().__init__(image_keys, box_keys, box_ref_image_keys, **kwargs)  # type: ignore[call-arg]
-FLOAT32_SAFE = 1e30  # raw values beyond +-this are clipped before any float32 arithmetic (resampling sums them)
 
 
 def normalise(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
