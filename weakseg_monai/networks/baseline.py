@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.networks.layers.utils import get_norm_layer
-from scipy import ndimage
 from skimage.segmentation import expand_labels
 from torch import Tensor, nn
 
@@ -22,6 +21,7 @@ from weakseg_monai.networks.backbone import VoxResBackbone, check_divisible
 from weakseg_monai.networks.detector import DEFAULT_BLOCKS, DEFAULT_CHANNELS, DEFAULT_STRIDES
 from weakseg_monai.networks.family import InstanceModel, Region
 from weakseg_monai.networks.postprocess import label_masks, objects_from_labels
+from weakseg_monai.networks.watershed import interior_seeds
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
@@ -106,17 +106,7 @@ def semantic_to_instances(classes: np.ndarray, min_voxels: int = 10, erode: int 
     ``grow + erode`` voxels inside the foreground. Returns int32 labels 1..n.
     """
     classes = np.asarray(classes)
-    interior = classes == INTERIOR
-    if erode:
-        interior = ndimage.binary_erosion(interior, structure=ndimage.generate_binary_structure(3, 1), iterations=erode)
-    seeds, n = ndimage.label(interior)
-    if n:
-        sizes = np.bincount(seeds.ravel(), minlength=n + 1)
-        keep = sizes >= min_voxels
-        keep[0] = False
-        lookup = np.zeros(n + 1, dtype=np.int32)
-        lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-        seeds = lookup[seeds]
+    seeds = interior_seeds(classes == INTERIOR, 0.5, erode, min_voxels)
     grown = expand_labels(seeds, distance=grow + erode)
     return np.where(classes != BACKGROUND, grown, 0).astype(np.int32)
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from weakseg_monai.data.instances import relabel_consecutive
 from weakseg_monai.data.wall_targets import BACKGROUND, INTERIOR, WALL
 
 
@@ -24,14 +25,9 @@ def interior_seeds(interior: np.ndarray, threshold: float = 0.5, erode: int = 1,
     if erode:
         core = ndimage.binary_erosion(core, structure=ndimage.generate_binary_structure(3, 1), iterations=erode)
     seeds, n = ndimage.label(core)
-    if not n:
-        return seeds.astype(np.int32)
-    sizes = np.bincount(seeds.ravel(), minlength=n + 1)
-    keep = sizes >= min_voxels
+    keep = np.bincount(seeds.ravel(), minlength=n + 1) >= min_voxels
     keep[0] = False
-    lookup = np.zeros(n + 1, dtype=np.int32)
-    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[seeds]
+    return relabel_consecutive(np.where(keep[seeds], seeds, 0))
 
 
 def wall_watershed(
@@ -57,11 +53,7 @@ def wall_watershed(
     seeds = np.where(foreground, np.asarray(seeds, dtype=np.int32), 0)
     if not seeds.any():
         return np.zeros(probs.shape[1:], dtype=np.int32)
-    labels = watershed(probs[WALL], markers=seeds, mask=foreground)
-    present = np.unique(labels[labels > 0])
-    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
-    lookup[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lookup[labels]
+    return relabel_consecutive(watershed(probs[WALL], markers=seeds, mask=foreground))
 
 
 __all__ = ["interior_seeds", "wall_watershed"]
