@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from weakseg_monai.data.datalist import load_section  # noqa: E402
-from weakseg_monai.data.io import read_volume, write_volume  # noqa: E402
+from weakseg_monai.data.io import read_volume, resolve_spacing, write_volume  # noqa: E402
 from weakseg_monai.data.synthetic import SUITE, write_suite_dataset  # noqa: E402
 from weakseg_monai.metrics.scoring import score_folders  # noqa: E402
 from weakseg_monai.utils.machine import cpu_name  # noqa: E402
@@ -67,7 +67,9 @@ BUNDLE = REPO / "bundle"
 DOC = BUNDLE / "docs" / "results.md"
 SECTION = "generalisation"  # the <!-- generalisation:begin --> ... <!-- generalisation:end --> block of DOC
 NOT_INSTALLED = "not run (pip install -e .[peers])"
-METHODS = ("ours", "ours_boxes", "stardist")  # ours_boxes: the same default command with --mask_fraction 0.0
+# ours_boxes: the same default command with --mask_fraction 0.0; classical: no training, membrane_ceiling.py's
+# seeded watershed of the raw image (wall-distance maxima as seeds), on every dataset it is asked for
+METHODS = ("ours", "ours_boxes", "stardist", "classical")
 BOXES_ONLY = "--mask_fraction 0.0"
 OURS_MINUTES, EXTRA_MINUTES = 6.0, 1.0  # per dataset, 2 cores: training (3.5-6.6 min measured); data, inference, score
 
@@ -353,6 +355,30 @@ def stardist_worker(dataset: Path, out: Path, minutes: float) -> None:
     (out / "timing.json").write_text(json.dumps(timing))
 
 
+# ---------------------------------------------------------------- classical (no training)
+
+
+def run_classical(name: str, dataset: Path, work: Path) -> dict:
+    """The ``classical`` row: ``membrane_ceiling.classical_instances`` (its parameters as they are there) on every
+    test image at its own voxel grid, scored like ours."""
+    from membrane_ceiling import classical_instances
+
+    run_dir = work / name / "classical"
+    _, gts = make_test_folders(dataset, run_dir)
+    pred = run_dir / "pred"
+    shutil.rmtree(pred, ignore_errors=True)
+    pred.mkdir(parents=True)
+    seconds = []
+    for item in load_section(dataset, "test"):
+        spacing = resolve_spacing(item["image"], item.get("spacing"))
+        start = time.perf_counter()
+        labels = classical_instances(read_volume(item["image"]), spacing)
+        seconds.append(time.perf_counter() - start)
+        write_volume(pred / Path(item["image"]).name, labels.astype(np.int32), spacing)
+    print(f"[{name}] classical: {len(seconds)} test volumes, {np.mean(seconds):.1f} s each", flush=True)
+    return {**score(gts, pred), "train_min": 0.0, "infer_s_per_vol": float(np.mean(seconds))}
+
+
 # ---------------------------------------------------------------- results and table
 
 
@@ -371,6 +397,8 @@ def method_flags(method: str, args: argparse.Namespace) -> str:
     """What a cached entry must match: our extra training flags, or the peer's budget."""
     if method == "ours_boxes":
         return f"{args.extra} {BOXES_ONLY}".strip()
+    if method == "classical":
+        return ""
     return args.extra if method == "ours" else f"--peer-minutes {args.peer_minutes:g}"
 
 
@@ -389,9 +417,13 @@ def run_method(method: str, name: str, dataset: Path, args: argparse.Namespace) 
         return {"status": "not run (--no-peer)"}
     if method == "ours_boxes" and args.no_boxes:
         return {"status": "not run (--no-boxes)"}
+    if method == "classical" and SUITE[name].model.stain != "membrane":
+        return {"status": "not run (a wall-stain method)"}
     try:
         if method in ("ours", "ours_boxes"):
             metrics = run_ours(name, dataset, args, method)
+        elif method == "classical":
+            metrics = run_classical(name, dataset, args.work)
         else:
             metrics = run_stardist(name, dataset, args.work, args.peer_minutes)
     except (RuntimeError, OSError, ValueError, KeyError) as err:
@@ -430,6 +462,7 @@ def markdown_table(results: dict) -> str:
     columns = ("Det F1", "Seg F1", "CTC SEG", "recall cut / whole", "train min", "infer s/vol")
     header = ["dataset", "train vols / objects / masked"] + [f"ours {c}" for c in columns]
     header += ["boxes only Det F1", "boxes only Seg F1"] + [f"StarDist {c}" for c in columns]
+    header += ["classical Det F1", "classical Seg F1"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes, cpus = [], set()
     for name in [n for n in SUITE if n in results]:
@@ -443,12 +476,15 @@ def markdown_table(results: dict) -> str:
         counts = " / ".join(str(stats.get(k, "?")) for k in ("train_volumes", "objects", "masked"))
         cells = [label, counts] + method_cells(row.get("ours"))
         cells += method_cells(row.get("ours_boxes"), ("det_f1", "seg_f1")) + method_cells(row.get("stardist"))
+        cells += method_cells(row.get("classical"), ("det_f1", "seg_f1"))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + (
         "\n\nOurs: the default `train.json` + `inference.json` commands (20% masks); boxes only: the same with"
         " `--mask_fraction 0.0` (the planned box-supervised mask loss teaches the masks); StarDist 3D: default"
         " `Config3D` on the full masks for the same wall-clock budget, its probability threshold optimised on the"
-        " training volumes at NMS 0.4. Means over the 3 test volumes; Det F1 at 3D box IoU > 0.4, Seg F1 at mask"
+        " training volumes at NMS 0.4; classical (membrane stains only): no training, the seeded watershed of"
+        " `scripts/membrane_ceiling.py` (wall-distance maxima as seeds) at the image's own grid."
+        " Means over the 3 test volumes; Det F1 at 3D box IoU > 0.4, Seg F1 at mask"
         " IoU > 0.5; recall cut / whole: detection recall of the test objects with a voxel on a face of their"
         " volume and of the others (pooled over the volumes); infer s/vol as each tool logs it."
     )
@@ -460,7 +496,7 @@ def markdown_table(results: dict) -> str:
 def run_dates(results: dict) -> str:
     """Which rows of each method ran on which day (a cached table mixes runs)."""
     parts = []
-    for method, title in zip(METHODS, ("ours", "boxes only", "StarDist")):
+    for method, title in zip(METHODS, ("ours", "boxes only", "StarDist", "classical")):
         days: dict[str, list[str]] = {}
         for name in [n for n in SUITE if n in results]:
             entry = results[name].get(method) or {}

@@ -71,6 +71,23 @@ def wall_distance(image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(distance, 0.5 / spacing)
 
 
+def classical_seeds(image: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classical row's ``(P, 3)`` seeds (maxima of the wall distance, at least ``PEAK_DISTANCE_UM`` apart and
+    ``MIN_DEPTH_UM`` deep) and the wall distance itself, for an ``(X, Y, Z)`` image at ``spacing`` µm."""
+    depth = wall_distance(image, spacing)
+    peaks = peak_local_max(
+        depth, min_distance=max(1, int(PEAK_DISTANCE_UM / spacing[0])), threshold_abs=MIN_DEPTH_UM, exclude_border=False
+    )
+    return peaks, depth
+
+
+def classical_instances(image: np.ndarray, spacing) -> np.ndarray:
+    """The classical row, no training: ``classical_seeds`` flooding the lightly smoothed image (walls are ridges)."""
+    image = np.asarray(image, dtype=np.float32)
+    peaks, _ = classical_seeds(image, np.asarray(spacing, dtype=np.float64))
+    return seeded_watershed(ndimage.gaussian_filter(image, 0.5), peaks)
+
+
 def box_seeds(boxes: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """``(K, 3)`` voxel of greatest wall distance inside the central half of each ``(K, 6)`` box."""
     shape = np.asarray(depth.shape)
@@ -124,11 +141,8 @@ def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -
         batch, padded = predictor.pad(x)
         boxes = network.select_boxes(predictor.dense(batch), padded)[0][0].cpu().numpy()
     array = x[0].numpy()
-    depth = wall_distance(array, working)
+    peaks, depth = classical_seeds(array, working)
     elevation = ndimage.gaussian_filter(array, 0.5)
-    peaks = peak_local_max(
-        depth, min_distance=max(1, int(PEAK_DISTANCE_UM / working[0])), threshold_abs=MIN_DEPTH_UM, exclude_border=False
-    )
     gt_working = resample_volume(torch.from_numpy(gt)[None], array.shape, labels=True)[0].numpy()
     ours = box_seeds(boxes, depth)
     seeds = {

@@ -215,7 +215,7 @@ def test_a_membrane_stain_is_flagged_at_planning_and_nuclei_are_not(tmp_path, ca
     assert (contrast < MIN_CORE_CONTRAST) == flagged, contrast
     with caplog.at_level("WARNING"):
         report = json.loads(planner.save(tmp_path / "run", planner.planned()).read_text())
-    assert bool(report["warnings"]) == flagged and ("membrane stain" in caplog.text) == flagged
+    assert bool(report["warnings"]) == flagged and ("'boundary' family" in caplog.text) == flagged
     assert report["fingerprint"]["object_core_contrast"] == contrast
 
 

@@ -98,10 +98,11 @@ def validate(dataset_dir: str, quiet: bool = False) -> None:
         sys.exit(1)
 
 
-def plan(dataset_dir: str, out: str = "", family: str = "nuclei") -> None:
+def plan(dataset_dir: str, out: str = "", family: str = "") -> None:
     """Print the training plan that ``train.json`` derives for DATASET_DIR (fingerprint + planned values),
     without training. ``--out FILE`` also writes it as JSON (never into the dataset folder by default);
-    ``--family baseline``: the plan of ``train_baseline.json``."""
+    ``--family``: the plan of another family than the one the data asks for (``nuclei``, ``boundary``, or
+    ``baseline``: ``train_baseline.json``'s)."""
     import json
 
     from weakseg_monai.data.validate import check_dataset
@@ -109,6 +110,10 @@ def plan(dataset_dir: str, out: str = "", family: str = "nuclei") -> None:
 
     dataset_dir = str(dataset_dir)
     check_dataset(dataset_dir, read_volumes=False, require_training=True)
+    if not family:
+        from weakseg_monai.planning import ExperimentPlanner
+
+        family = ExperimentPlanner(dataset_dir).model_family()
     planner = planner_for(str(family))(dataset_dir)
     report = planner.report(planner.planned())
     print(f"training plan for {dataset_dir}\n{format_plan(report)}")

@@ -727,7 +727,7 @@ SUITE: dict[str, SuiteSpec] = _suite(
         NucleusModel(
             stain="membrane",
             diameter_um=(8.0, 15.0),
-            n_cells=(200, 200),
+            n_cells=(1200, 1200),  # a cap: the tessellation stops when the volume is full
             overlap_tolerance=0.8,
             psf_sigma_um=(0.12, 0.12, 0.35),
             texture_um=(0.4, 2.0),
@@ -735,10 +735,11 @@ SUITE: dict[str, SuiteSpec] = _suite(
             min_extent_vox=MIN_EXTENT_VOX,
         ),
         (0.15, 0.15, 0.25),
-        (160, 160, 64),
+        (320, 320, 96),
         2,
         3,
-        "8-15 µm cells of a packed tissue, bright thin walls (power tessellation), dark interiors",
+        "8-15 µm cells of a packed tissue, bright thin walls (power tessellation), dark interiors; a 48 x 48 x 24 µm "
+        "field of view, so most cells are whole (issue 25: the 24 x 24 x 16 µm one held mostly face-cut pieces)",
     ),
 )
 

@@ -11,6 +11,7 @@ from weakseg_monai.engines.checkpoints import (
     run_signature,
 )
 from weakseg_monai.engines.evaluator import InstanceMetricsWriter
+from weakseg_monai.engines.family_switch import train_planned_family
 from weakseg_monai.engines.handlers import ModelSaver, ScoreThresholdCalibrator, TrainingProgress
 from weakseg_monai.engines.setup import (
     attach_training_handlers,
@@ -37,4 +38,5 @@ __all__ = [
     "prepare_training_data",
     "run_signature",
     "save_training_plan",
+    "train_planned_family",
 ]

@@ -78,12 +78,21 @@ class TrainingProgress:
         per_it = (time.perf_counter() - self._start) / done
         eta = per_it * (self.total(engine) - i)
         output = engine.state.output or {}
-        parts = ", ".join(f"{k} {v:.4f}" for k, v in output.items() if isinstance(v, float))
+        parts = ", ".join(f"{k} {_number(v):.4f}" for k, v in output.items() if _is_number(v))
         logger.info("iteration %d/%d  %s  (%.2f s/it, ETA %s)", i, self.total(engine), parts, per_it, _clock(eta))
 
     def _done(self, engine: Engine) -> None:
         elapsed = _clock(time.perf_counter() - self._start)
         logger.info("training done: %d iterations in %s", engine.state.iteration, elapsed)
+
+
+def _is_number(value: object) -> bool:
+    """A float, or a one-element tensor (MONAI's ``SupervisedTrainer`` reports its ``loss`` so)."""
+    return isinstance(value, float) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _number(value: float | torch.Tensor) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _clock(seconds: float) -> str:

@@ -118,7 +118,7 @@ def predict_block(
     working = InputRule.of(network).block_shape(shape, zoom)
     x = resample_volume(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None], working)
     x = normalise(x, *intensity)
-    batch, _ = pad_images(x[None].to(device), 3, network.size_divisor())
+    batch, _ = pad_images(x[None].to(device), 3, network.size_divisor(), mode=network.pad_mode())
     padded = list(batch.shape[2:])
     out = network.dense_network()(batch)
     scale = [w / s for w, s in zip(working, shape)]

@@ -108,7 +108,7 @@ class WeakSegPredictor:
     def pad(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """``(1, X, Y, Z)`` -> ``(1, 1, X', Y', Z')`` padded at the end to the size divisor (MONAI's ``pad_images``,
         as its detectors pad), and its size."""
-        batch, _ = pad_images(x[None].to(self.device), 3, self.network.size_divisor())
+        batch, _ = pad_images(x[None].to(self.device), 3, self.network.size_divisor(), mode=self.network.pad_mode())
         return batch, list(batch.shape[2:])
 
     def dense(self, x: torch.Tensor):

@@ -7,6 +7,7 @@ from weakseg_monai.networks.export import WeakInstanceSegNetExport
 from weakseg_monai.networks.heads import DetectionHead3D, MaskHead3D
 from weakseg_monai.networks.mask_branch import MaskBranch
 from weakseg_monai.networks.postprocess import BoxSelector
+from weakseg_monai.networks.wallmap import WallMapNet
 
 __all__ = [
     "BoxSelector",
@@ -17,6 +18,7 @@ __all__ = [
     "VoxResBlock",
     "VoxResDetectorNet",
     "VoxResSegNet",
+    "WallMapNet",
     "WeakInstanceSegNet",
     "WeakInstanceSegNetExport",
 ]

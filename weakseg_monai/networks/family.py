@@ -150,6 +150,12 @@ class InstanceModel(nn.Module):
         spacing = self.get_buffer("working_spacing").tolist()
         return tuple(FACE_MIRROR_FRACTION * float(t) / float(s) for t, s in zip(typical, spacing))  # type: ignore
 
+    def pad_mode(self) -> str:
+        """How a working volume is padded at its end to ``size_divisor`` (a ``torch.nn.functional.pad`` mode):
+        zeros by default (MONAI's detectors' ``pad_images``); a family whose second stage labels every voxel it
+        sees (a watershed) pads with the edge voxels instead, as zeros would join the cells at that face."""
+        return "constant"
+
     def score_threshold(self) -> float:
         """The score above which an object is kept (families without scores: 0)."""
         return 0.0

@@ -3,20 +3,24 @@
 from weakseg_monai.planning.fingerprint import DatasetFingerprint, dataset_fingerprint
 from weakseg_monai.planning.planner import (
     BaselinePlanner,
+    BoundaryPlanner,
     ExperimentPlanner,
     NucleiPlanner,
     TrainingPlanner,
     format_plan,
+    plan_family,
     planner_for,
 )
 
 __all__ = [
     "BaselinePlanner",
+    "BoundaryPlanner",
     "DatasetFingerprint",
     "ExperimentPlanner",
     "NucleiPlanner",
     "TrainingPlanner",
     "dataset_fingerprint",
     "format_plan",
+    "plan_family",
     "planner_for",
 ]

@@ -46,6 +46,10 @@ class DatasetFingerprint:
             (its p99.8 - p1): how much brighter objects are inside than the volume at large. Filled nuclei
             measure 0.28-0.60 on the generalisation suite; a cell-wall / membrane stain (dark interiors in a
             tissue that is all cells) 0.08. ``None`` when no box was measurable.
+        object_core_rim_contrast: median over boxes of (mean of the central third - mean of the box outside its
+            central two thirds) / (p99.8 - p1): positive for filled objects (a bright core, a dim edge and
+            background around it), negative for a wall stain (a dark interior inside its bright wall), whatever
+            the share of background in the volume. ``None`` when no box was measurable.
         n_face_cut: boxes with a voxel on a face of their volume (only their visible part is boxed).
         largest_volume_um3: the largest training volume's extent in µm³ (bounds the working grid).
         object_sizes_from: "whole" when the object sizes above come from the objects no face cuts (at least
@@ -66,6 +70,7 @@ class DatasetFingerprint:
     object_volume_fraction: float
     intensity: dict
     object_core_contrast: float | None = None
+    object_core_rim_contrast: float | None = None
     n_face_cut: int = 0
     object_sizes_from: str = "all"
     largest_volume_um3: float | None = None
@@ -158,16 +163,20 @@ def dataset_fingerprint(dataset_dir: str | Path, volumes: list[VolumeBoxes] | No
         box_overlap_p95=round(float(np.percentile(np.concatenate(overlaps), 95)), 4),
         object_volume_fraction=round(float(np.median(fractions)), 4),
         intensity={"dtype": sorted(dtypes), "p1": float(p1), "p50": float(p50), "p99.8": float(p998)},
-        object_core_contrast=round(float(np.median(core_contrasts)), 4) if core_contrasts else None,
+        object_core_contrast=_median_of(core_contrasts, 0),
+        object_core_rim_contrast=_median_of(core_contrasts, 1),
         n_face_cut=int((~is_whole).sum()),
         object_sizes_from="whole" if sized is not sizes else "all",
         largest_volume_um3=round(max(float(np.prod(np.asarray(v.shape) * np.asarray(v.spacing))) for v in volumes), 1),
     )
 
 
-def _core_contrasts(volume: np.ndarray, boxes: np.ndarray, sample: np.ndarray) -> list[float]:
-    """Per ``(N, 6)`` voxel box of ``volume (X, Y, Z)``: (mean of its central third - the volume's median) /
-    (p99.8 - p1), the percentiles from ``sample`` (a subsample of the volume)."""
+def _core_contrasts(volume: np.ndarray, boxes: np.ndarray, sample: np.ndarray) -> list[tuple[float, float]]:
+    """Per ``(N, 6)`` voxel box of ``volume (X, Y, Z)``, in units of (p99.8 - p1) of ``sample`` (a subsample of the
+    volume): (mean of its central third - the volume's median, mean of that core - mean of the box's rim).
+
+    The rim is the box outside its central two thirds: where a cell's own wall lies, and a nucleus' dim edge and the
+    background around it."""
     low, median, high = np.percentile(sample, [1.0, 50.0, 99.8])
     if high <= low:
         return []
@@ -176,11 +185,19 @@ def _core_contrasts(volume: np.ndarray, boxes: np.ndarray, sample: np.ndarray) -
         size = box[3:] - box[:3]
         if (size < MIN_CORE_VOXELS).any():
             continue
-        lo, hi = box[:3] + size // 3, box[3:] - size // 3
-        core = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        if core.size:
-            values.append((float(core.mean()) - median) / (high - low))
+        inside = volume[box[0] : box[3], box[1] : box[4], box[2] : box[5]].astype(np.float64)
+        lo, hi = size // 3, size - size // 3
+        core = inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        inner = size // 6, size - size // 6
+        rim = np.ones(inside.shape, dtype=bool)
+        rim[inner[0][0] : inner[1][0], inner[0][1] : inner[1][1], inner[0][2] : inner[1][2]] = False
+        if core.size and rim.any():
+            values.append(((core.mean() - median) / (high - low), (core.mean() - inside[rim].mean()) / (high - low)))
     return values
+
+
+def _median_of(pairs: list[tuple[float, float]], index: int) -> float | None:
+    return round(float(np.median([p[index] for p in pairs])), 4) if pairs else None
 
 
 def _triple(values: np.ndarray) -> tuple[float, float, float]:

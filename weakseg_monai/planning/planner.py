@@ -50,6 +50,7 @@ from weakseg_monai.networks.detector import (
     WeakInstanceSegNet,
     face_margin_for_anchors,
 )
+from weakseg_monai.networks.wallmap import WallMapNet
 from weakseg_monai.planning.fingerprint import (
     DatasetFingerprint,
     VolumeBoxes,
@@ -116,16 +117,17 @@ def plan_patch_size(
     working_spacing: Sequence[float],
     divisors: Sequence[int] = SIZE_DIVISOR,
     base: Sequence[int] = BASE_PATCH,
+    objects_across: float = 2.5,
 ) -> list[int]:
     """Crop size (x, y, z) at the working spacing, a multiple of the backbone's size divisor (``divisors``), square
     in-plane (the larger of the two: a volume narrower than the patch is padded) so in-plane quarter turns augment
-    it."""
+    it; at least ``base`` and ``objects_across`` large (p90) objects across."""
     scale = np.asarray(fingerprint.spacing_um) / np.asarray(working_spacing, dtype=np.float64)
     volume = np.asarray(fingerprint.volume_voxels) * scale
     big_object = np.asarray(fingerprint.object_um_p90) / np.asarray(working_spacing, dtype=np.float64)
     patch = []
     for axis in range(3):
-        want = min(max(base[axis], 2.5 * big_object[axis]), MAX_PATCH[axis], volume[axis])
+        want = min(max(base[axis], objects_across * big_object[axis]), MAX_PATCH[axis], volume[axis])
         divisor = divisors[axis]
         patch.append(int(max(divisor, math.ceil(want / divisor) * divisor)))
     patch[0] = patch[1] = max(patch[0], patch[1])
@@ -286,6 +288,47 @@ def plan_mask_context(box_mask_loss_weight: float, box_terms_lead: bool = True) 
     return BOX_TERMS_MASK_CONTEXT if box_terms_lead else ASSISTING_BOX_TERMS_MASK_CONTEXT
 
 
+# the family choice: (mean of a box's central third - mean of its rim) / (p99.8 - p1), median over the boxes
+# (``DatasetFingerprint.object_core_rim_contrast``). Measured on two generations each (seeds 0, 1): the seven nuclei
+# presets 0.19-0.51 (the packed crowd lowest); membrane stains -0.09-0.01 (thin or thick walls, blurred, 4-12 photons,
+# small cells, with and without background around the tissue). The core contrast (filled nuclei >= 0.21, membrane
+# <= 0.17) is the second feature: when the two disagree the plan says so.
+BOUNDARY_BELOW_RIM_CONTRAST = 0.10
+
+
+def plan_family(fingerprint: DatasetFingerprint) -> dict:
+    """Which model family the data asks for, and why: ``family`` (``nuclei`` | ``boundary``), ``feature``,
+    ``value``, ``threshold``, ``margin`` (distance of the value from the threshold, in the feature's units), ``why``
+    (a sentence) and ``agrees`` (whether the core contrast, with its own threshold, says the same)."""
+    rim, core = fingerprint.object_core_rim_contrast, fingerprint.object_core_contrast
+    if rim is None:
+        return {
+            "family": "nuclei", "feature": "object_core_rim_contrast", "value": None,
+            "threshold": BOUNDARY_BELOW_RIM_CONTRAST, "margin": None, "agrees": True,
+            "why": "no box was large enough to measure its core and rim; the default family",
+        }
+    walls = rim < BOUNDARY_BELOW_RIM_CONTRAST
+    agrees = core is None or (core < MIN_CORE_CONTRAST) == walls
+    if walls:
+        why = (f"objects are no brighter inside than at their rim (core - rim contrast {rim:.3f} < "
+               f"{BOUNDARY_BELOW_RIM_CONTRAST}): a membrane / cell-wall stain")
+    else:
+        why = (f"objects are brighter inside than at their rim (core - rim contrast {rim:.3f} >= "
+               f"{BOUNDARY_BELOW_RIM_CONTRAST}): filled objects such as stained nuclei")
+    if not agrees:
+        why += (f"; the core contrast ({core:.3f}, threshold {MIN_CORE_CONTRAST}) says otherwise, so check the "
+                "channel or set --family")
+    return {
+        "family": "boundary" if walls else "nuclei",
+        "feature": "object_core_rim_contrast",
+        "value": rim,
+        "threshold": BOUNDARY_BELOW_RIM_CONTRAST,
+        "margin": round(abs(rim - BOUNDARY_BELOW_RIM_CONTRAST), 4),
+        "agrees": bool(agrees),
+        "why": why,
+    }
+
+
 class ExperimentPlanner:
     """The plan of one dataset for one model family, computed lazily (the embedded synthetic dataset is written at
     initialisation): one fingerprint pass, then one method per planned id.
@@ -303,6 +346,7 @@ class ExperimentPlanner:
     target_object_voxels: tuple[float, float, float] = TARGET_OBJECT_VOXELS
     keep_band: tuple = KEEP_BAND
     base_patch: tuple[int, int, int] = BASE_PATCH
+    patch_objects_across: float = 2.5
 
     def __init__(self, dataset_dir: str | Path) -> None:
         self.dataset_dir = str(dataset_dir)
@@ -329,7 +373,9 @@ class ExperimentPlanner:
         return plan_working_spacing(self.fingerprint, self.target_object_voxels, self.keep_band)
 
     def patch_size(self, working_spacing: Sequence[float]) -> list[int]:
-        return plan_patch_size(self.fingerprint, working_spacing, self.size_divisor, self.base_patch)
+        return plan_patch_size(
+            self.fingerprint, working_spacing, self.size_divisor, self.base_patch, self.patch_objects_across
+        )
 
     def batch_size(self, patch_size: Sequence[int]) -> int:
         return plan_batch_size(patch_size)
@@ -350,6 +396,10 @@ class ExperimentPlanner:
     def val_interval(self, iterations: int) -> int:
         return plan_val_interval(int(iterations))
 
+    def model_family(self) -> str:
+        """The family the data asks for (``plan_family``); ``train.json``'s ``family`` id, which a user may set."""
+        return plan_family(self.fingerprint)["family"]
+
     def planned(self, mask_fraction: float | None = None) -> dict:
         """Every planned value with nothing overridden (``mask_fraction``: the run's, which a family may follow)."""
         spacing = self.working_spacing()
@@ -364,12 +414,13 @@ class ExperimentPlanner:
         overridden = sorted(k for k, v in used.items() if k in planned and _differs(planned[k], v))
         return {
             "family": self.family,
+            "family_choice": plan_family(self.fingerprint),
             "dataset_dir": str(Path(self.dataset_dir).resolve()),
             "fingerprint": self.fingerprint.to_dict(),
             "planned": planned,
             "used": dict(used),
             "overridden": overridden,
-            "warnings": data_warnings(self.fingerprint),
+            "warnings": data_warnings(self.fingerprint, self.family),
         }
 
     def check(self, used: Mapping[str, object]) -> dict:
@@ -447,6 +498,34 @@ class BaselinePlanner(ExperimentPlanner):
     model = VoxResSegNet
 
 
+class BoundaryPlanner(ExperimentPlanner):
+    """The ``boundary`` family (``WallMapNet``: a wall map + seeded watershed, ``train_boundary.json``): a finer grid
+    than the detector's, so a wall stays at least a voxel across (the median cell about ``target_object_voxels``:
+    a 15 µm box at ~0.32 µm in-plane, where a 0.3 µm wall blurred by the microscope measures ~0.4 µm), and crops of
+    at least 1.5 large cells (a wall map is local: one cell and its neighbours' walls); the iteration schedule and
+    validation interval as ours."""
+
+    family = "boundary"
+    model = WallMapNet
+    target_object_voxels = (48.0, 48.0, 24.0)
+    keep_band = ((36.0, 72.0), (36.0, 72.0), (18.0, 40.0))
+    patch_objects_across = 1.5
+
+    def object_um(self) -> list[float]:
+        """The median training object (x, y, z) µm: the model's blockwise halo and face mirror."""
+        return [float(v) for v in self.fingerprint.object_um_median]
+
+    def planned(self, mask_fraction: float | None = None) -> dict:
+        common = super().planned(mask_fraction)
+        iterations = self.iterations()
+        return {
+            **common,
+            "iterations": iterations,
+            "val_interval": self.val_interval(iterations),
+            "object_um": self.object_um(),
+        }
+
+
 def planner_for(family: str) -> type[ExperimentPlanner]:
     """The planner class of a registered ``family`` (``ModelFamily.planner``, a dotted path)."""
     path = get_family(family).planner
@@ -481,17 +560,20 @@ def check_used(used: Mapping[str, object], divisors: Sequence[int] = SIZE_DIVISO
     return checked
 
 
-def data_warnings(fingerprint: DatasetFingerprint) -> list[str]:
-    """What the fingerprint says the model is not built for (logged at training start and by ``plan``)."""
-    contrast = fingerprint.object_core_contrast
-    if contrast is not None and contrast < MIN_CORE_CONTRAST:
-        return [
-            f"the boxed objects are barely brighter inside than the volume at large (core contrast {contrast:.2f}; "
-            f"filled nuclei measure >= 0.28): this looks like a cell-wall / membrane stain with dark interiors, "
-            f"which this detector does not learn well (Det F1 0.14 on the generalisation suite's membrane case; "
-            f"the model card's Limitations say why). Check the channel: the model is built for nuclear stains"
-        ]
-    return []
+def data_warnings(fingerprint: DatasetFingerprint, family: str = "nuclei") -> list[str]:
+    """What the fingerprint says about training ``family`` on this data (logged at training start and by ``plan``):
+    the data asks for another family, or its two stain features disagree."""
+    choice = plan_family(fingerprint)
+    warnings_ = []
+    if family in ("nuclei", "boundary") and choice["family"] != family:
+        warnings_.append(
+            f"this run trains the '{family}' family, but the data looks like the '{choice['family']}' family's: "
+            f"{choice['why']}. The default train.json picks the family itself; --family {family} forces this one "
+            "(the model card says which family suits which stain)"
+        )
+    elif not choice["agrees"]:
+        warnings_.append(f"the family choice is uncertain: {choice['why']}")
+    return warnings_
 
 
 def _differs(a: object, b: object) -> bool:
@@ -506,6 +588,7 @@ def format_plan(report: Mapping) -> str:
     fp = report["fingerprint"]
     rows = [
         ("model family", report.get("family") or "-"),
+        ("family chosen by the data", _family_choice(report.get("family_choice"))),
         ("training volumes / validation", f"{fp['n_volumes']} / {fp['n_validation']}"),
         ("objects (with masks)", f"{fp['n_objects']} ({fp['n_masked']})"),
         ("native spacing µm (x, y, z)", fp["spacing_um"]),
@@ -515,7 +598,7 @@ def format_plan(report: Mapping) -> str:
         ("box overlap p95 (IoU)", fp["box_overlap_p95"]),
         ("object volume fraction", fp["object_volume_fraction"]),
         ("intensity dtype, p1 / p50 / p99.8", _intensity(fp["intensity"])),
-        ("object core contrast", fp.get("object_core_contrast")),
+        ("object core contrast / core - rim", _pair(fp, "object_core_contrast", "object_core_rim_contrast")),
         ("objects cut by a face / sizes from", f"{fp.get('n_face_cut', 0)} / {fp.get('object_sizes_from', 'all')}"),
     ]
     overridden = set(report.get("overridden", []))
@@ -529,6 +612,17 @@ def format_plan(report: Mapping) -> str:
         rows.append(("anchored face-cut boxes, faces mirrored", _share(coverage.get("face_cut_mirrored"))))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _pair(fp: Mapping, first: str, second: str) -> str:
+    return f"{fp.get(first)} / {fp.get(second)}"
+
+
+def _family_choice(choice: Mapping | None) -> str:
+    if not choice:
+        return "-"
+    margin = "" if choice.get("margin") is None else f" (margin {choice['margin']:.3f})"
+    return f"{choice['family']}{margin}: {choice['why']}"
 
 
 def _share(value: float | None) -> str:

@@ -10,6 +10,7 @@ from weakseg_monai.transforms.dictionary import (
     RandZoomBoxVolumed,
     ResampleToSpacingd,
     ShapeKeepingRandRotateBox90d,
+    WeakWallTargetsd,
     resample_volume,
     scale_percentiles,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "InputRuled",
     "BoundedRandCropBoxByPosNegLabeld",
     "InstancesToSemanticd",
+    "WeakWallTargetsd",
     "LoadWeakAnnotationd",
     "MarkCutBoxesd",
     "MirrorFacesd",

@@ -32,6 +32,7 @@ from weakseg_monai.conventions import as_boxes, as_fraction, as_spacing
 from weakseg_monai.data.datalist import partial_mask_from_instances, select_annotated
 from weakseg_monai.data.io import read_volume, resolve_spacing
 from weakseg_monai.data.validate import DatasetError, check_item, raise_for_problems
+from weakseg_monai.data.wall_targets import weak_wall_classes
 from weakseg_monai.transforms.faces import MIN_CUT_EXTENT, mirror_boxes, mirror_faces, model_face_pads
 
 logger = logging.getLogger(__name__)
@@ -623,6 +624,30 @@ class RandFaceCutd(RandomizableTransform, MapTransform):
             item[key] = full
         item[self.box_key] = item[self.box_key] + np.tile(np.asarray(offset, dtype=np.float32), 2)
         return item
+
+
+class WeakWallTargetsd(MapTransform):
+    """A training item's weak annotation -> ``output_key`` ``(1, X, Y, Z)`` uint8 wall-map classes (background /
+    interior / wall / ``IGNORE``, ``data.wall_targets.weak_wall_classes``) for the ``boundary`` family.
+
+    Reads ``instances`` ``(1, X, Y, Z)`` (the annotated masks), ``box`` ``(K, 6)``, ``mask_annotated`` and
+    ``instance_id`` ``(K,)``, as ``LoadWeakAnnotationd`` writes them (after any resampling to the working grid)."""
+
+    def __init__(self, keys: KeysCollection = "instances", output_key: str = "label",
+                 core_fraction: float = 0.5) -> None:
+        super().__init__(keys)
+        self.output_key = output_key
+        self.core_fraction = float(core_fraction)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            classes = weak_wall_classes(
+                np.asarray(d[key])[0], np.asarray(d["box"]), np.asarray(d["mask_annotated"]),
+                np.asarray(d["instance_id"]), self.core_fraction,
+            )
+            d[self.output_key] = torch.from_numpy(classes[None])
+        return d
 
 
 class InstancesToSemanticd(MapTransform):
