@@ -154,6 +154,21 @@ def test_inference_json_runs_the_boundary_family_with_only_its_ckpt_path(boundar
     assert written and all(p.stat().st_size for p in written)
 
 
+def test_evaluate_json_scores_the_boundary_family_with_only_its_ckpt_path(boundary_run, tmp_path):
+    from monai.bundle import run
+
+    run(
+        run_id="evaluating",
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+        bundle_root=str(REPO / "bundle"),
+        dataset_dir=str(boundary_run / "data"),
+        ckpt_path=str(boundary_run / "run" / "models" / "model.pt"),
+        output_dir=str(tmp_path),
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "det_f1" in json.dumps(metrics)
+
+
 def test_the_wall_map_gives_the_same_cells_whole_and_block_by_block():
     """A wall map that is the image's own walls (the head reads the intensity) through the real second stage: the
     blockwise path keeps each cell its core owns and finds the same cells as the whole volume."""

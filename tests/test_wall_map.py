@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from weakseg_monai.data.instances import boxes_from_instances
@@ -69,6 +70,25 @@ def test_the_masked_wall_loss_gives_no_gradient_where_nothing_is_annotated():
     empty = torch.full_like(target, IGNORE)
     zero = MaskedWallLoss()(logits, empty)
     assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_the_balanced_wall_loss_weighs_each_annotated_class_equally_and_ignores_the_rest():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8, 4, requires_grad=True)
+    target = torch.full((1, 1, 8, 8, 4), IGNORE, dtype=torch.uint8)
+    target[0, 0, :6] = INTERIOR  # 192 interior voxels
+    target[0, 0, 6, :2] = WALL  # 8 wall voxels
+    loss = MaskedWallLoss(class_weights="balanced")(logits, target)
+    loss.backward()
+    grad = logits.grad[0].abs().sum(dim=0)
+    assert (grad[7] == 0).all() and (grad[6, 2:] == 0).all(), "ignored voxels got a gradient"
+    # equal total weight per class: the 8 wall voxels together pull as hard as the 192 interior ones
+    wall, interior = grad[6, :2].sum(), grad[:6].sum()
+    assert 0.3 < float(wall / interior) < 3.0
+    plain = torch.autograd.grad(MaskedWallLoss()(logits, target), logits)[0][0].abs().sum(dim=0)
+    assert float(plain[6, :2].sum() / plain[:6].sum()) < 0.2  # unweighted, walls barely count
+    with pytest.raises(ValueError, match="balanced"):
+        MaskedWallLoss(class_weights="equal")
 
 
 def test_the_watershed_follows_known_walls_even_through_a_one_voxel_gap():

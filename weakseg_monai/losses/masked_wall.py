@@ -19,21 +19,33 @@ from weakseg_monai.data.wall_targets import IGNORE
 class MaskedWallLoss(nn.Module):
     """``logits (N, C, X, Y, Z)``, ``target (N, 1, X, Y, Z)`` or ``(N, X, Y, Z)`` integer classes -> scalar.
 
-    ``class_weights``: optional ``(C,)`` weights (walls are thin: a few percent of the annotated voxels)."""
+    ``class_weights``: ``(C,)`` weights, or ``"balanced"``: per batch, each class present among the annotated voxels
+    contributes equally (weight ~ 1 / its voxel count). Walls are a few percent of the annotated voxels, interiors
+    most of them: unweighted, a model learns to call every dark voxel interior and neighbouring cells' cores merge
+    across faint walls, more so the longer it trains."""
 
-    def __init__(self, ignore_index: int = IGNORE, class_weights: list[float] | None = None) -> None:
+    def __init__(self, ignore_index: int = IGNORE, class_weights: list[float] | str | None = None) -> None:
         super().__init__()
         self.ignore_index = int(ignore_index)
-        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.balanced = class_weights == "balanced"
+        if isinstance(class_weights, str) and not self.balanced:
+            raise ValueError(f"class_weights must be a list of numbers or 'balanced', got {class_weights!r}")
+        weights = None if class_weights is None or self.balanced else torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.ndim == logits.ndim:
             target = target[:, 0]
         target = target.long()
-        if not (target != self.ignore_index).any():
+        annotated = target != self.ignore_index
+        if not annotated.any():
             return logits.sum() * 0.0
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        if self.balanced:
+            counts = torch.bincount(target[annotated], minlength=logits.shape[1])[: logits.shape[1]].to(logits.dtype)
+            present = counts > 0
+            weight = torch.where(present, counts.sum() / (present.sum() * counts.clamp(min=1)), counts.new_zeros(()))
+        else:
+            weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
         return F.cross_entropy(logits, target, weight=weight, ignore_index=self.ignore_index)
 
 

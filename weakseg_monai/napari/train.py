@@ -96,10 +96,19 @@ def bundle_workflow(dataset_dir: str | Path, output_dir: str | Path, iterations:
     """``train.json`` in a ``ConfigWorkflow`` on ``dataset_dir`` into ``output_dir`` (not initialised yet).
     ``iterations``: ``None`` or 0 for the planned schedule; ``overrides``: other ids of ``train.json``.
 
+    The family the plan chooses for the data (``overrides["family"]`` to force one) trains: its override config is
+    added to ``train.json`` here, as the command line's rerun does (``engines.family_switch``).
+
     The bundle's ``logging.conf`` is not applied: it would reconfigure the host application's (napari's) logging."""
     from monai.bundle import ConfigWorkflow
 
+    from weakseg_monai.families import get_family
+    from weakseg_monai.planning import ExperimentPlanner
+
     config = train_config()
+    family = str(overrides.pop("family", "") or ExperimentPlanner(dataset_dir).model_family())
+    extra = get_family(family).train_config
+    files = [str(config)] + ([str(config.parent / extra)] if extra and extra != config.name else [])
     paths = output_paths(output_dir)
     values: dict[str, Any] = {
         "bundle_root": str(BUNDLE_DIR),
@@ -109,8 +118,8 @@ def bundle_workflow(dataset_dir: str | Path, output_dir: str | Path, iterations:
     }
     if iterations:
         values["iterations"] = int(iterations)
-    values.update(overrides)
-    return ConfigWorkflow(config_file=str(config), logging_file=False, workflow_type=None, **values)
+    values.update(overrides, family=family)
+    return ConfigWorkflow(config_file=files, logging_file=False, workflow_type=None, **values)
 
 
 class ProgressRelay:
