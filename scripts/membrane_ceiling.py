@@ -2,12 +2,13 @@
 
 For a dataset folder with a ``test`` section (``gt_instances``) and a checkpoint trained on it (the default
 command, as ``scripts/generalisation.py`` runs it), every test volume is taken to the model's working grid
-(``WeakSegPredictor.preprocess``, the model's own input rule) and segmented five ways, side by side:
+(``WeakSegPredictor.preprocess``, the model's own input rule) and segmented several ways, side by side (a model
+of any family, ``weakseg_monai.load_model``):
 
 ====================  ==========================================================================================
 row                   instances
 ====================  ==========================================================================================
-ours                  the default inference output (detector + mask head)
+ours                  the default inference output (its family's: detector + mask head, or wall map + watershed)
 ours seeds + ws       one seed per detected box (the wall-distance maximum in its central half), watershed of
                       the smoothed image (walls are ridges)
 classical + ours      the classical seeds below plus ours for the cells no detected box covers
@@ -15,8 +16,12 @@ classical             no training: seeds are maxima of the distance to the walls
                       Gaussians above its Otsu threshold), watershed of the smoothed image
 oracle seeds          one seed per ground-truth cell (its deepest interior voxel): the ceiling of any seeded
                       watershed of this image at the working grid, i.e. what perfect detection would give there
+oracle seeds,         (a ``boundary`` model only) the same seeds flooding the model's wall probability instead of
+learned map           the image: how much cleaner the learned wall map is than the image
 oracle seeds, native  the same at the input's own voxel grid (no resampling)
 ====================  ==========================================================================================
+
+The two ``ours seeds`` rows and the box recall need a detector: they are printed for a ``nuclei`` model only.
 
 It also prints the recall of the detector's boxes (IoU > 0.4, before any mask) split by object thickness: cells
 thinner than ``--sliver-um`` in some axis are the slivers the volume faces cut off.
@@ -50,16 +55,24 @@ from skimage.segmentation import watershed
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from weakseg_monai import load_model  # noqa: E402
 from weakseg_monai.data.datalist import load_section  # noqa: E402
 from weakseg_monai.data.instances import boxes_from_instances  # noqa: E402
 from weakseg_monai.data.io import read_volume, resolve_spacing  # noqa: E402
 from weakseg_monai.data.synthetic import SUITE, write_synthetic_dataset  # noqa: E402
 from weakseg_monai.inference.predictor import WeakSegPredictor  # noqa: E402
 from weakseg_monai.metrics.scoring import score_pair  # noqa: E402
-from weakseg_monai.networks.detector import WeakInstanceSegNet  # noqa: E402
 from weakseg_monai.transforms.dictionary import resample_volume  # noqa: E402
 
-ROWS = ("ours", "ours seeds + ws", "classical + ours", "classical", "oracle seeds", "oracle seeds, native")
+ROWS = (
+    "ours",
+    "ours seeds + ws",
+    "classical + ours",
+    "classical",
+    "oracle seeds",
+    "oracle seeds, learned map",
+    "oracle seeds, native",
+)
 WALL_UM, BACKGROUND_UM, PEAK_DISTANCE_UM, MIN_DEPTH_UM = 0.3, 2.0, 1.5, 0.5
 
 
@@ -129,8 +142,8 @@ def uncovered(points: np.ndarray, boxes: np.ndarray, margin: float = 0.15) -> np
 
 
 def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Det / Seg F1 of every row on one test item, ``(n, 2)`` (is_sliver, found) per ground-truth cell and
-    ``(k,)`` whether each detected box matches a cell (IoU > 0.4)."""
+    """Det / Seg F1 of every row of the model's family on one test item; for a ``nuclei`` model also ``(n, 2)``
+    (is_sliver, found) per ground-truth cell and ``(k,)`` whether each detected box matches a cell (IoU > 0.4)."""
     network = predictor.network
     spacing = np.asarray(resolve_spacing(item["image"], item.get("spacing")), dtype=np.float64)
     image = torch.as_tensor(read_volume(item["image"]), dtype=torch.float32)[None]
@@ -139,25 +152,31 @@ def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -
     working = np.asarray(network.working_spacing.tolist(), dtype=np.float64)
     with torch.inference_mode():
         batch, padded = predictor.pad(x)
-        boxes = network.select_boxes(predictor.dense(batch), padded)[0][0].cpu().numpy()
+        dense = predictor.dense(batch)
     array = x[0].numpy()
     peaks, depth = classical_seeds(array, working)
     elevation = ndimage.gaussian_filter(array, 0.5)
     gt_working = resample_volume(torch.from_numpy(gt)[None], array.shape, labels=True)[0].numpy()
-    ours = box_seeds(boxes, depth)
-    seeds = {
-        "ours seeds + ws": ours,
-        "classical + ours": np.concatenate([peaks, ours[[uncovered(peaks, box[None]).all() for box in boxes]]]),
-        "classical": peaks,
-        "oracle seeds": oracle_seeds(gt_working, working),
-    }
+    seeds = {"classical": peaks, "oracle seeds": oracle_seeds(gt_working, working)}
+    elevations = dict.fromkeys(seeds, elevation)
+    boxes = np.zeros((0, 6))
+    if network.family == "nuclei":
+        boxes = network.select_boxes(dense, padded)[0][0].cpu().numpy()
+        ours = box_seeds(boxes, depth)
+        seeds["ours seeds + ws"] = ours
+        seeds["classical + ours"] = np.concatenate([peaks, ours[[uncovered(peaks, box[None]).all() for box in boxes]]])
+        elevations.update(dict.fromkeys(("ours seeds + ws", "classical + ours"), elevation))
+    else:  # a wall map: perfect seeds flooding the learned map instead of the image
+        crop = tuple(slice(0, s) for s in array.shape)
+        seeds["oracle seeds, learned map"] = seeds["oracle seeds"]
+        elevations["oracle seeds, learned map"] = torch.softmax(dense[0].float(), 0)[(2, *crop)].cpu().numpy()
     labels = {"ours": predictor.predict_prepared(x, grid)["instances"]}
     for name, points in seeds.items():
-        lab = seeded_watershed(elevation, points)
+        lab = seeded_watershed(elevations[name], points)
         labels[name] = resample_volume(torch.from_numpy(lab)[None], gt.shape, labels=True)[0].numpy()
     native = ndimage.gaussian_filter(image[0].numpy(), 0.5 * working / spacing)
     labels["oracle seeds, native"] = seeded_watershed(native, oracle_seeds(gt, spacing))
-    scores = {name: score_pair(gt, labels[name]) for name in ROWS}
+    scores = {name: score_pair(gt, lab) for name, lab in labels.items()}
 
     gt_boxes = boxes_from_instances(gt)
     found_boxes = boxes / np.tile(np.asarray(grid["zoom"]), 2)
@@ -169,7 +188,8 @@ def evaluate_volume(predictor: WeakSegPredictor, item: dict, sliver_um: float) -
 
 
 def write_wide(out: Path, shape: tuple[int, int, int], seed: int) -> None:
-    """The suite's membrane dataset with another field of view (seed count cap scaled with the volume)."""
+    """The suite's membrane dataset with another field of view (seed count cap scaled with the volume); at the
+    default shape exactly the suite's ``membrane`` preset (``write_suite_dataset``)."""
     spec = SUITE["membrane"]
     scale = float(np.prod(shape)) / float(np.prod(spec.shape))
     cap = int(np.ceil(spec.model.n_cells[1] * max(1.0, scale)))
@@ -192,23 +212,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.dataset and args.ckpt):
         parser.error("--dataset and --ckpt are required (or --write-wide)")
-    network = WeakInstanceSegNet()
-    network.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
-    predictor = WeakSegPredictor(network.eval())
-    rows, cells, correct = {name: [] for name in ROWS}, [], []
+    network = load_model(args.ckpt)
+    predictor = WeakSegPredictor(network)
+    rows, cells, correct = {}, [], []
     for item in load_section(args.dataset, "test"):
         scores, found, hits = evaluate_volume(predictor, item, args.sliver_um)
         correct.append(hits)
-        for name in ROWS:
-            rows[name].append((scores[name]["det_f1"], scores[name]["seg_f1"]))
+        for name in [n for n in ROWS if n in scores]:
+            rows.setdefault(name, []).append((scores[name]["det_f1"], scores[name]["seg_f1"]))
         cells.append(found)
-        print(f"{Path(item['image']).name}: " + ", ".join(f"{n} {scores[n]['det_f1']:.3f}" for n in ROWS))
+        print(f"{Path(item['image']).name}: " + ", ".join(f"{n} {scores[n]['det_f1']:.3f}" for n in rows))
     cells = np.concatenate(cells)
     print(f"\n{args.dataset} ({len(rows['ours'])} test volumes), model {args.ckpt}\n")
     print("| instances | Det F1 | Seg F1 |\n|---|---|---|")
-    for name in ROWS:
+    for name in rows:
         det, seg = np.mean(rows[name], axis=0)
         print(f"| {name} | {det:.3f} | {seg:.3f} |")
+    if network.family != "nuclei":
+        return
     sliver = cells[:, 0].astype(bool)
     recall = [cells[mask, 1].mean() if mask.any() else float("nan") for mask in (sliver, ~sliver)]
     print(

@@ -15,6 +15,7 @@ import torch
 from tests.conftest import run_cli
 from weakseg_monai import load_model
 from weakseg_monai.data.datalist import load_section
+from weakseg_monai.data.io import read_volume
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
 from weakseg_monai.data.synthetic import SUITE, generate_stack, write_datalist, write_item, write_synthetic_dataset
 from weakseg_monai.data.wall_targets import BACKGROUND, IGNORE, INTERIOR, WALL
@@ -167,6 +168,22 @@ def test_evaluate_json_scores_the_boundary_family_with_only_its_ckpt_path(bounda
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "det_f1" in json.dumps(metrics)
+
+
+def test_the_shipped_boundary_model_segments_its_sample_whole_and_block_by_block():
+    """``bundle/models/boundary/model.pt`` (trained by the default command on the membrane preset) on
+    ``bundle/sample_boundary/`` (a volume of the same generator it never saw): cells found, the same ones block by
+    block."""
+    model = load_model(REPO / "bundle" / "models" / "boundary" / "model.pt")
+    assert type(model) is WallMapNet
+    image = read_volume(REPO / "bundle" / "sample_boundary" / "sample_boundary_000.nii.gz")
+    gt = read_volume(REPO / "bundle" / "sample_boundary_gt" / "sample_boundary_000_gt.nii.gz")
+    x = torch.as_tensor(image, dtype=torch.float32)[None]
+    whole = WeakSegPredictor(model)(x, MEMBRANE.spacing)
+    assert segmentation_f1(gt, whole["instances"], 0.5)["f1"] > 0.75
+    small = int(np.prod(x.shape[1:])) // 4  # forces the blockwise path
+    blocks = WeakSegPredictor(model, max_whole_voxels=small, block_size=(96, 96, 64))(x, MEMBRANE.spacing)
+    assert segmentation_f1(whole["instances"], blocks["instances"], 0.5)["f1"] >= 0.9
 
 
 def test_the_wall_map_gives_the_same_cells_whole_and_block_by_block():

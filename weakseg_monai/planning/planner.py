@@ -498,18 +498,32 @@ class BaselinePlanner(ExperimentPlanner):
     model = VoxResSegNet
 
 
+BOUNDARY_ITERATION_SHARE = 0.4  # of the detector's planned steps (``BoundaryPlanner.iterations``)
+
+
 class BoundaryPlanner(ExperimentPlanner):
     """The ``boundary`` family (``WallMapNet``: a wall map + seeded watershed, ``train_boundary.json``): a finer grid
     than the detector's, so a wall stays at least a voxel across (the median cell about ``target_object_voxels``:
     a 15 µm box at ~0.32 µm in-plane, where a 0.3 µm wall blurred by the microscope measures ~0.4 µm), and crops of
-    at least 1.5 large cells (a wall map is local: one cell and its neighbours' walls); the iteration schedule and
-    validation interval as ours."""
+    at least 1.5 large cells (a wall map is local: one cell and its neighbours' walls), and a shorter schedule."""
 
     family = "boundary"
     model = WallMapNet
     target_object_voxels = (48.0, 48.0, 24.0)
     keep_band = ((36.0, 72.0), (36.0, 72.0), (18.0, 40.0))
     patch_objects_across = 1.5
+
+    def iterations(self, epochs: int | None = None) -> int:
+        """A shorter schedule than the detector's: ``BOUNDARY_ITERATION_SHARE`` of it, at least 600 steps.
+
+        Measured on the membrane preset (validation Det F1 every 400 steps of the planned 2000, seed 0): it peaks at
+        400-800 steps (0.876-0.886) and falls after (0.65 at 2000), as the model grows confident that dark voxels
+        are interior and neighbouring cores merge across faint walls; 800 steps with the learning rate annealed over
+        them gave test Det F1 0.871 (the best-of-2000 checkpoint 0.866) in 40% of the time."""
+        if epochs is not None:
+            return super().iterations(epochs)
+        steps = max(600, int(BOUNDARY_ITERATION_SHARE * plan_iterations(self.fingerprint)))
+        return steps // 100 * 100
 
     def object_um(self) -> list[float]:
         """The median training object (x, y, z) µm: the model's blockwise halo and face mirror."""
