@@ -15,8 +15,8 @@ import torch
 from tests.conftest import run_cli
 from weakseg_monai import load_model
 from weakseg_monai.data.datalist import load_section
-from weakseg_monai.data.io import read_volume
 from weakseg_monai.data.instances import boxes_from_instances, relabel_consecutive
+from weakseg_monai.data.io import read_volume
 from weakseg_monai.data.synthetic import SUITE, generate_stack, write_datalist, write_item, write_synthetic_dataset
 from weakseg_monai.data.wall_targets import BACKGROUND, IGNORE, INTERIOR, WALL
 from weakseg_monai.engines.family_switch import rerun_argv
