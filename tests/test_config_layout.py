@@ -11,7 +11,8 @@ import pytest
 from .conftest import BUNDLE_DIR, REPO_ROOT, run_cli
 
 CONFIGS = BUNDLE_DIR / "configs"
-OVERRIDES = ["train_baseline.json", "train_boundary.json", "multi_gpu_train.json", "evaluate.json"]  # each read after train.json
+# each read after train.json
+OVERRIDES = ["train_baseline.json", "train_boundary.json", "multi_gpu_train.json", "evaluate.json"]
 
 
 def _targets(value: object) -> list[str]:

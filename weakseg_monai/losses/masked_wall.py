@@ -30,7 +30,8 @@ class MaskedWallLoss(nn.Module):
         self.balanced = class_weights == "balanced"
         if isinstance(class_weights, str) and not self.balanced:
             raise ValueError(f"class_weights must be a list of numbers or 'balanced', got {class_weights!r}")
-        weights = None if class_weights is None or self.balanced else torch.as_tensor(class_weights, dtype=torch.float32)
+        fixed = class_weights is not None and not self.balanced
+        weights = torch.as_tensor(class_weights, dtype=torch.float32) if fixed else None
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
