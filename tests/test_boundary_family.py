@@ -122,7 +122,8 @@ def boundary_run(tmp_path_factory) -> Path:
     write_synthetic_dataset(root / "data", 1, 0, 1, 0.2, 0, SMALL, MEMBRANE.spacing, model=MEMBRANE.model)
     run_dir = root / "run"
     result = run_cli(
-        "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(REPO / "bundle"),
+        "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
+        "--bundle_root", str(REPO / "bundle"),
         "--dataset_dir", str(root / "data"), "--output_dir", str(run_dir), "--ckpt_dir", str(run_dir / "models"),
         "--iterations", "4", "--val_interval", "2",
     )
