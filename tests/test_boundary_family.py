@@ -33,11 +33,11 @@ MEMBRANE = SUITE["membrane"]
 SMALL = (96, 96, 32)  # a smaller field of view than the preset keeps the tests fast
 
 
-def with_background(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A tissue edge: the cells centred beyond 60% of x removed, dim noise where they were (an organoid's
+def with_background(image: np.ndarray, labels: np.ndarray, tissue: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """A tissue edge: the cells centred beyond ``tissue`` of x removed, dim noise where they were (an organoid's
     surroundings)."""
     boxes = boxes_from_instances(labels)
-    gone = np.nonzero((boxes[:, 0] + boxes[:, 3]) / 2 > 0.6 * labels.shape[0])[0] + 1
+    gone = np.nonzero((boxes[:, 0] + boxes[:, 3]) / 2 > tissue * labels.shape[0])[0] + 1
     outside = np.isin(labels, gone)
     image = image.astype(np.float32)
     noise = np.random.default_rng(0).normal(0.0, 0.02 * image.std(), int(outside.sum()))
@@ -71,8 +71,10 @@ def test_the_plan_chooses_the_family_from_the_stain(tmp_path, kind):
     fingerprint = dataset_fingerprint(write_one(tmp_path, image, labels, spacing).parent)
     choice = plan_family(fingerprint)
     assert choice["family"] == family, choice
-    assert choice["margin"] >= 0.05, choice  # not a coin toss at the threshold
-    assert choice["why"] and choice["value"] == fingerprint.object_core_rim_contrast
+    assert choice["margin"] >= 0.05, choice  # not a coin toss at a threshold
+    features = choice["features"]
+    assert choice["why"] and features["object_core_rim_contrast"]["value"] == fingerprint.object_core_rim_contrast
+    assert features["object_core_contrast"]["value"] == fingerprint.object_core_contrast
 
 
 def test_a_nuclei_run_on_a_wall_stain_warns_and_names_the_family(tmp_path, caplog):

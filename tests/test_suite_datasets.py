@@ -25,7 +25,7 @@ COUNT_RANGE = {
     "aniso5": (15, 50),
     "low-snr-uint8": (10, 40),
     "crowd": (40, 72),
-    "membrane": (15, 70),
+    "membrane": (100, 180),
 }
 
 
@@ -49,7 +49,8 @@ def test_registry_covers_the_suite():
     assert set(WHOLE_STACKS) == set(COUNT_RANGE) and set(SUITE) - set(WHOLE_STACKS) == {"face-cut"}
     for name, spec in SUITE.items():
         assert spec.name == name and spec.n_test == 3 and spec.description
-        assert np.prod(spec.shape) <= 2_100_000
+        # small stacks keep the suite fast; the membrane preset holds whole cells (issue 25: 48 x 48 x 24 µm)
+        assert np.prod(spec.shape) <= (10_000_000 if name == "membrane" else 2_100_000)
     assert SUITE["small-dense"].n_train == SUITE["crowd"].n_train == 1
 
 

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MAX_INTENSITY_VOLUMES = 8  # intensity statistics from at most this many training volumes
 MIN_CORE_VOXELS = 3  # boxes thinner than this in some axis have no central third to measure
+MIN_RIM_VOXELS = 9  # boxes narrower than this in x or y have no rim to compare their core with
 MIN_WHOLE_OBJECTS = 10  # object sizes come from the objects no face cuts when there are at least this many
 
 
@@ -176,7 +177,7 @@ def _core_contrasts(volume: np.ndarray, boxes: np.ndarray, sample: np.ndarray) -
     volume): (mean of its central third - the volume's median, mean of that core - mean of the box's rim).
 
     The rim is the box outside its central two thirds: where a cell's own wall lies, and a nucleus' dim edge and the
-    background around it."""
+    background around it. NaN for the second value when the box is under ``MIN_RIM_VOXELS`` in x or y."""
     low, median, high = np.percentile(sample, [1.0, 50.0, 99.8])
     if high <= low:
         return []
@@ -191,13 +192,19 @@ def _core_contrasts(volume: np.ndarray, boxes: np.ndarray, sample: np.ndarray) -
         inner = size // 6, size - size // 6
         rim = np.ones(inside.shape, dtype=bool)
         rim[inner[0][0] : inner[1][0], inner[0][1] : inner[1][1], inner[0][2] : inner[1][2]] = False
-        if core.size and rim.any():
-            values.append(((core.mean() - median) / (high - low), (core.mean() - inside[rim].mean()) / (high - low)))
+        if not core.size:
+            continue
+        core_contrast = (core.mean() - median) / (high - low)
+        # the rim needs room in-plane: in a box under MIN_RIM_VOXELS a blurred nucleus fills its rim too
+        measurable = rim.any() and (size[:2] >= MIN_RIM_VOXELS).all()
+        values.append((core_contrast, (core.mean() - inside[rim].mean()) / (high - low) if measurable else np.nan))
     return values
 
 
 def _median_of(pairs: list[tuple[float, float]], index: int) -> float | None:
-    return round(float(np.median([p[index] for p in pairs])), 4) if pairs else None
+    """The median of the measurable (not NaN) values at ``index``; None when there are none."""
+    values = [p[index] for p in pairs if not np.isnan(p[index])]
+    return round(float(np.median(values)), 4) if values else None
 
 
 def _triple(values: np.ndarray) -> tuple[float, float, float]:

@@ -288,45 +288,53 @@ def plan_mask_context(box_mask_loss_weight: float, box_terms_lead: bool = True) 
     return BOX_TERMS_MASK_CONTEXT if box_terms_lead else ASSISTING_BOX_TERMS_MASK_CONTEXT
 
 
-# the family choice: (mean of a box's central third - mean of its rim) / (p99.8 - p1), median over the boxes
-# (``DatasetFingerprint.object_core_rim_contrast``). Measured on two generations each (seeds 0, 1): the seven nuclei
-# presets 0.19-0.51 (the packed crowd lowest); membrane stains -0.09-0.01 (thin or thick walls, blurred, 4-12 photons,
-# small cells, with and without background around the tissue). The core contrast (filled nuclei >= 0.21, membrane
-# <= 0.17) is the second feature: when the two disagree the plan says so.
+# the family choice, two features of the boxed objects (``DatasetFingerprint``), in units of the intensity range:
+# - core - rim contrast (mean of a box's central third - mean of its rim): measured on two generations each (seeds 0,
+#   1), the seven nuclei presets 0.19-0.51 (the packed crowd lowest); membrane stains -0.09-0.04 (thin or thick walls,
+#   blurred, 4-12 photons, small cells, with up to 60% of the volume background);
+# - core contrast (central third - the volume's median): nuclei presets >= 0.21, and 0.38 / 0.95 on two small test
+#   datasets whose rim the nuclei fill (tiny blurred nuclei; flat cubes in tight boxes: core - rim 0.08 / 0.00);
+#   membrane <= 0.31 (background raises it: the median drops). Gets wrong: a small field of view that is 75%
+#   background, where most cells sit at the tissue's edge with background in their rim (core - rim 0.15-0.31).
+# ``boundary`` when both say walls; when only one does, ``nuclei`` and the plan says so.
 BOUNDARY_BELOW_RIM_CONTRAST = 0.10
+BOUNDARY_BELOW_CORE_CONTRAST = 0.35
 
 
 def plan_family(fingerprint: DatasetFingerprint) -> dict:
-    """Which model family the data asks for, and why: ``family`` (``nuclei`` | ``boundary``), ``feature``,
-    ``value``, ``threshold``, ``margin`` (distance of the value from the threshold, in the feature's units), ``why``
-    (a sentence) and ``agrees`` (whether the core contrast, with its own threshold, says the same)."""
+    """Which model family the data asks for, and why: ``family`` (``nuclei`` | ``boundary``), ``features`` (the two
+    values and their thresholds), ``margin`` (how far the deciding feature lies past its threshold), ``why`` (a
+    sentence) and ``agrees`` (whether the two features say the same)."""
     rim, core = fingerprint.object_core_rim_contrast, fingerprint.object_core_contrast
-    if rim is None:
-        return {
-            "family": "nuclei", "feature": "object_core_rim_contrast", "value": None,
-            "threshold": BOUNDARY_BELOW_RIM_CONTRAST, "margin": None, "agrees": True,
-            "why": "no box was large enough to measure its core and rim; the default family",
-        }
-    walls = rim < BOUNDARY_BELOW_RIM_CONTRAST
-    agrees = core is None or (core < MIN_CORE_CONTRAST) == walls
-    if walls:
-        why = (f"objects are no brighter inside than at their rim (core - rim contrast {rim:.3f} < "
-               f"{BOUNDARY_BELOW_RIM_CONTRAST}): a membrane / cell-wall stain")
-    else:
-        why = (f"objects are brighter inside than at their rim (core - rim contrast {rim:.3f} >= "
-               f"{BOUNDARY_BELOW_RIM_CONTRAST}): filled objects such as stained nuclei")
-    if not agrees:
-        why += (f"; the core contrast ({core:.3f}, threshold {MIN_CORE_CONTRAST}) says otherwise, so check the "
-                "channel or set --family")
-    return {
-        "family": "boundary" if walls else "nuclei",
-        "feature": "object_core_rim_contrast",
-        "value": rim,
-        "threshold": BOUNDARY_BELOW_RIM_CONTRAST,
-        "margin": round(abs(rim - BOUNDARY_BELOW_RIM_CONTRAST), 4),
-        "agrees": bool(agrees),
-        "why": why,
+    features = {
+        "object_core_rim_contrast": {"value": rim, "boundary_below": BOUNDARY_BELOW_RIM_CONTRAST},
+        "object_core_contrast": {"value": core, "boundary_below": BOUNDARY_BELOW_CORE_CONTRAST},
     }
+    if core is None:
+        return {"family": "nuclei", "features": features, "margin": None, "agrees": True,
+                "why": "no box was large enough to measure; the default family"}
+    if rim is None:  # boxes too small for a rim: the core contrast alone, at the old warning's threshold
+        walls = core < MIN_CORE_CONTRAST
+        margin = abs(core - MIN_CORE_CONTRAST)
+        why = (f"core contrast {core:.3f} {'<' if walls else '>='} {MIN_CORE_CONTRAST} (boxes too small in-plane "
+               "for a rim)")
+        return {"family": "boundary" if walls else "nuclei", "features": features, "margin": round(margin, 4),
+                "agrees": True, "why": why}
+    by_rim, by_core = rim < BOUNDARY_BELOW_RIM_CONTRAST, core < BOUNDARY_BELOW_CORE_CONTRAST
+    walls = by_rim and by_core
+    rim_text = f"core - rim contrast {rim:.3f} {'<' if by_rim else '>='} {BOUNDARY_BELOW_RIM_CONTRAST}"
+    core_text = f"core contrast {core:.3f} {'<' if by_core else '>='} {BOUNDARY_BELOW_CORE_CONTRAST}"
+    if walls:
+        margin = min(BOUNDARY_BELOW_RIM_CONTRAST - rim, BOUNDARY_BELOW_CORE_CONTRAST - core)
+        why = f"objects are dark inside their rim ({rim_text}; {core_text}): a membrane / cell-wall stain"
+    else:
+        margin = max(rim - BOUNDARY_BELOW_RIM_CONTRAST, core - BOUNDARY_BELOW_CORE_CONTRAST)
+        why = f"objects are filled ({rim_text}; {core_text}): e.g. stained nuclei"
+    agrees = by_rim == by_core
+    if not agrees:
+        why += "; the two features disagree, so check the channel or set --family"
+    return {"family": "boundary" if walls else "nuclei", "features": features, "margin": round(margin, 4),
+            "agrees": bool(agrees), "why": why}
 
 
 class ExperimentPlanner:
