@@ -140,3 +140,8 @@ def test_a_wrong_spacing_gets_a_size_warning(tmp_path, caplog):
     assert "smaller than the model" in scale_mismatch(boxes, (0.15, 0.15, 0.3), model)
     assert scale_mismatch(boxes, (0.5, 0.5, 1.0), model) is None
     assert "no objects found" in scale_mismatch(np.zeros((0, 6)), (0.5, 0.5, 1.0), model)
+    # with the volume's shape, face-cut boxes are pieces and say nothing about the spacing; whole ones still do
+    assert "smaller than the model" in scale_mismatch(boxes, (0.15, 0.15, 0.3), model, shape=(96, 96, 32))
+    cut = boxes.copy()
+    cut[:, 0] = 0  # every object cut by the x = 0 face (a crop smaller than its objects)
+    assert scale_mismatch(cut, (0.15, 0.15, 0.3), model, shape=(96, 96, 32)) is None

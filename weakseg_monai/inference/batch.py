@@ -78,7 +78,7 @@ def segment_stack(
         "instances": int(len(prediction["boxes"])),
         "seconds": seconds,
         "output": str(written["instances"]),
-        "warning": scale_mismatch(prediction["boxes"], spacing_um, network),
+        "warning": scale_mismatch(prediction["boxes"], spacing_um, network, array.shape),
     }
 
 
@@ -133,7 +133,7 @@ def segment_large_stack(
         "instances": int(len(found["boxes"])),
         "seconds": seconds,
         "output": str(target),
-        "warning": scale_mismatch(found["boxes"], spacing_um, network),
+        "warning": scale_mismatch(found["boxes"], spacing_um, network, volume.shape),
     }
 
 

@@ -30,6 +30,7 @@ from weakseg_monai.transforms.dictionary import (  # noqa: F401  (scale_percenti
 )
 from weakseg_monai.transforms.faces import MIN_CUT_EXTENT, face_slivers, mirror_faces, model_face_pads
 from weakseg_monai.transforms.input_rule import InputRule, ToWorkingGridd
+from weakseg_monai.utils.boxes import touches_face
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +196,13 @@ class WeakSegPredictor:
         return (voxels > MIN_CUT_EXTENT).tolist()
 
 
-def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: InstanceModel) -> str | None:
+def scale_mismatch(
+    boxes: np.ndarray, spacing: Sequence[float], network: InstanceModel, shape: Sequence[int] | None = None
+) -> str | None:
     """A warning when the objects found look much smaller or larger than those the model was trained on
     (``typical_object_um()`` of its family; no check for a family that does not know), or when nothing was
-    found: usually a wrong spacing."""
+    found: usually a wrong spacing. With the volume's ``shape`` (x, y, z voxels), objects a face cuts are left out
+    (their boxes are pieces: a crop smaller than the cells is not a wrong spacing)."""
     spacing_um = np.asarray(spacing, dtype=np.float64)
     trained_um = network.typical_object_um()
     if trained_um is None:
@@ -209,6 +213,8 @@ def scale_mismatch(boxes: np.ndarray, spacing: Sequence[float], network: Instanc
             f"no objects found; the model finds objects of about {trained} µm: if the volume holds some, check its "
             f"spacing {tuple(float(v) for v in spacing_um)} µm (file metadata or --spacing)"
         )
+    if shape is not None:
+        boxes = np.asarray(boxes)[~touches_face(np.asarray(boxes), shape)]
     if len(boxes) < 3:
         return None
     found_um = np.median((boxes[:, 3:] - boxes[:, :3]) * spacing_um, axis=0)

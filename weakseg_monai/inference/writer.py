@@ -82,7 +82,8 @@ class PredictionWriter:
                 self.failures.append(message)
                 self.outcomes.append((str(path), outcome))
                 continue
-            warning = scale_mismatch(pred["boxes"], item["spacing"], unwrap(engine.network))
+            shape = tuple(pred["instances"].shape[-3:]) if "instances" in pred else None
+            warning = scale_mismatch(pred["boxes"], item["spacing"], unwrap(engine.network), shape)
             if warning:
                 logger.warning("%s: %s", path, warning)
             n, seconds = len(pred["boxes"]), float(pred.get("seconds", float("nan")))
