@@ -106,15 +106,12 @@ def plan(dataset_dir: str, out: str = "", family: str = "") -> None:
     import json
 
     from weakseg_monai.data.validate import check_dataset
-    from weakseg_monai.planning import format_plan, planner_for
+    from weakseg_monai.planning import ExperimentPlanner, format_plan
 
     dataset_dir = str(dataset_dir)
     check_dataset(dataset_dir, read_volumes=False, require_training=True)
-    if not family:
-        from weakseg_monai.planning import ExperimentPlanner
-
-        family = ExperimentPlanner(dataset_dir).model_family()
-    planner = planner_for(str(family))(dataset_dir)
+    data = ExperimentPlanner(dataset_dir)
+    planner = data.for_family(str(family or data.model_family()))
     report = planner.report(planner.planned())
     print(f"training plan for {dataset_dir}\n{format_plan(report)}")
     for warning in report["warnings"]:

@@ -404,6 +404,13 @@ class ExperimentPlanner:
     def val_interval(self, iterations: int) -> int:
         return plan_val_interval(int(iterations))
 
+    def for_family(self, family: str) -> ExperimentPlanner:
+        """``family``'s planner of the same dataset, sharing this one's training volumes and fingerprint (one pass
+        over the data)."""
+        planner = planner_for(family)(self.dataset_dir)
+        planner.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("volumes", "fingerprint")})
+        return planner
+
     def model_family(self) -> str:
         """The family the data asks for (``plan_family``); ``train.json``'s ``family`` id, which a user may set."""
         return plan_family(self.fingerprint)["family"]
