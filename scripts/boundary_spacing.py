@@ -73,9 +73,9 @@ def write_dataset(spacing: tuple[float, ...], work: Path, seed: int) -> Path:
 
 def working_spacing_flag(variant: str, dataset: Path) -> list[str]:
     """The ``--working_spacing`` a variant sets: none for ``plan`` (the default command as it is)."""
-    planner = BoundaryPlanner(dataset)
     if variant == "plan":
         return []
+    planner = BoundaryPlanner(dataset)
     if variant == "target":
         spacing = plan_working_spacing(planner.fingerprint, planner.target_object_voxels, planner.keep_band)
     else:
